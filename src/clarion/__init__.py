@@ -1,0 +1,5 @@
+"""Clarion: a self-hosted notification service."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from clarion.entrypoints.cli.main import app
+
+app()

@@ -1,0 +1,1 @@
+"""The only place that imports drivers. Adapters fit the ports in services/ports.py structurally."""

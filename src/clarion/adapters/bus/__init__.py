@@ -1,0 +1,1 @@
+"""Bus adapters, one module per technology."""

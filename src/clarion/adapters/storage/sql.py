@@ -1,0 +1,1112 @@
+"""The store on SQLAlchemy Core, for SQLite and PostgreSQL.
+
+Each public method is one transaction. Fan-out and bulk status changes are set-based: routing
+writes every inbox item, delivery and audit entry with ``INSERT ... SELECT``; status changes
+select the rows they may move (locking them on PostgreSQL), then update them by id and append
+their audit entries in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clarion.adapters.sealing import Sealer
+from clarion.adapters.storage import engines
+from clarion.adapters.storage.tables import (
+    api_keys,
+    categories,
+    deliveries,
+    devices,
+    events,
+    groups,
+    inbox_items,
+    memberships,
+    notifications,
+    outbox,
+    tenants,
+    transitions,
+    users,
+)
+from clarion.domain import errors
+from clarion.domain.channels import REALTIME, Channel
+from clarion.domain.notifications import EventSpec, InboxItem, JsonObject, StatusCounts
+from clarion.domain.statuses import Status, Subject, Transition, sources_of, timestamp_field
+from clarion.services import ports
+from clarion.wire import outcomes
+
+EVENTS_STREAM = "events"
+"""The outbox topic that carries accepted events to the router."""
+
+T = TypeVar("T")
+
+_CHUNK = 500  # bound parameters per IN list: far below SQLite's 32,766 and asyncpg's 32,767
+_PUSH_PROVIDERS = frozenset({Channel.APNS, Channel.FCM, Channel.WNS, Channel.WEBPUSH})
+
+
+class SqlStore:
+    """The system of record on a SQLAlchemy engine."""
+
+    def __init__(self, engine: AsyncEngine, sealer: Sealer) -> None:
+        self._engine = engine
+        self._sealer = sealer
+        self._dialect = engine.dialect.name
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine behind the store (for migrations and benchmarks)."""
+        return self._engine
+
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        async with self._read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Release every pooled connection."""
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as raw:
+            conn = await raw.execution_options(**{engines.READONLY: True})
+            async with conn.begin():
+                yield conn
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+
+    def _locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        # SQLite has one writer at a time (BEGIN IMMEDIATE), so only PostgreSQL needs row locks.
+        return query.with_for_update() if self._dialect == "postgresql" else query
+
+    # -----------------------------------------------------------------------------------------
+    # tenants and keys
+
+    async def create_tenant(
+        self, *, tenant_id: str, name: str, token_secret: str, key_id: str, key_digest: str,
+        now: datetime,
+    ) -> None:
+        sealed = self._sealer.seal(token_secret, owner=f"tenant:{tenant_id}")
+        async with self._write() as conn:
+            await conn.execute(
+                tenants.insert().values(
+                    id=tenant_id, name=name, token_secret=sealed, created_at=now
+                )
+            )
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key_id, tenant_id=tenant_id, name="default", digest=key_digest,
+                    created_at=now,
+                )
+            )
+
+    async def tenant_secret(self, tenant_id: str) -> str | None:
+        async with self._read() as conn:
+            sealed = await conn.scalar(
+                sa.select(tenants.c.token_secret).where(tenants.c.id == tenant_id)
+            )
+        if sealed is None:
+            return None
+        return self._sealer.open(sealed, owner=f"tenant:{tenant_id}")
+
+    async def add_key(
+        self, *, tenant_id: str, key_id: str, name: str, digest: str, now: datetime
+    ) -> bool:
+        async with self._write() as conn:
+            exists = await conn.scalar(sa.select(tenants.c.id).where(tenants.c.id == tenant_id))
+            if exists is None:
+                return False
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key_id, tenant_id=tenant_id, name=name, digest=digest, created_at=now
+                )
+            )
+        return True
+
+    async def find_key(self, key_id: str) -> ports.StoredKey | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(api_keys.c.tenant_id, api_keys.c.digest, api_keys.c.revoked_at).where(
+                        api_keys.c.id == key_id
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        return ports.StoredKey(
+            tenant_id=row.tenant_id, digest=row.digest, revoked=row.revoked_at is not None
+        )
+
+    async def list_keys(self, tenant_id: str) -> list[ports.ApiKeyInfo]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(api_keys)
+                .where(api_keys.c.tenant_id == tenant_id)
+                .order_by(api_keys.c.created_at, api_keys.c.id)
+            )
+            return [
+                ports.ApiKeyInfo(
+                    id=r.id, tenant_id=r.tenant_id, name=r.name, created_at=r.created_at,
+                    revoked_at=r.revoked_at,
+                )
+                for r in rows
+            ]
+
+    async def revoke_key(self, key_id: str, now: datetime) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            if result.rowcount:
+                return True
+            # Revoking twice is not an error; only an unknown key is.
+            found = await conn.scalar(sa.select(api_keys.c.id).where(api_keys.c.id == key_id))
+            return found is not None
+
+    # -----------------------------------------------------------------------------------------
+    # directory
+
+    async def put_user(
+        self, tenant_id: str, external_id: str, fields: ports.UserFields, now: datetime
+    ) -> tuple[ports.UserRecord, bool]:
+        values = {
+            "email": fields.email,
+            "locale": fields.locale,
+            "timezone": fields.timezone,
+            "attributes": fields.attributes,
+            "updated_at": now,
+        }
+        async with self._write() as conn:
+            existing = await conn.scalar(
+                self._locked(
+                    sa.select(users.c.id).where(
+                        users.c.tenant_id == tenant_id, users.c.external_id == external_id
+                    )
+                )
+            )
+            if existing is None:
+                await conn.execute(
+                    users.insert().values(
+                        tenant_id=tenant_id, external_id=external_id, created_at=now, **values
+                    )
+                )
+            else:
+                await conn.execute(users.update().where(users.c.id == existing).values(**values))
+            record = await self._user(conn, tenant_id, external_id)
+        assert record is not None
+        return record, existing is None
+
+    async def get_user(self, tenant_id: str, external_id: str) -> ports.UserRecord | None:
+        async with self._read() as conn:
+            return await self._user(conn, tenant_id, external_id)
+
+    async def _user(
+        self, conn: AsyncConnection, tenant_id: str, external_id: str
+    ) -> ports.UserRecord | None:
+        row = (
+            await conn.execute(
+                sa.select(users).where(
+                    users.c.tenant_id == tenant_id, users.c.external_id == external_id
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return ports.UserRecord(
+            id=row.id, external_id=row.external_id, email=row.email, locale=row.locale,
+            timezone=row.timezone, attributes=row.attributes, created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    async def ensure_user(self, tenant_id: str, external_id: str, now: datetime) -> int:
+        async with self._write() as conn:
+            await self._create_users(conn, tenant_id, [external_id], now)
+            user_id = await conn.scalar(
+                sa.select(users.c.id).where(
+                    users.c.tenant_id == tenant_id, users.c.external_id == external_id
+                )
+            )
+        assert user_id is not None
+        return int(user_id)
+
+    async def _create_users(
+        self, conn: AsyncConnection, tenant_id: str, external_ids: Sequence[str], now: datetime
+    ) -> None:
+        rows = [
+            {
+                "tenant_id": tenant_id, "external_id": ext, "attributes": {}, "created_at": now,
+                "updated_at": now,
+            }
+            for ext in external_ids
+        ]
+        for chunk in _chunks(rows, _CHUNK):
+            await conn.execute(
+                self._insert(users).on_conflict_do_nothing(
+                    index_elements=["tenant_id", "external_id"]
+                ),
+                chunk,
+            )
+
+    async def delete_user(self, tenant_id: str, external_id: str) -> bool:
+        async with self._write() as conn:
+            user_id = await conn.scalar(
+                sa.select(users.c.id).where(
+                    users.c.tenant_id == tenant_id, users.c.external_id == external_id
+                )
+            )
+            if user_id is None:
+                return False
+            # The audit trail points at items and deliveries by id, without a foreign key
+            # (it is append-only), so erase the user's entries explicitly.
+            item_ids = sa.select(inbox_items.c.id).where(inbox_items.c.user_id == user_id)
+            delivery_ids = sa.select(deliveries.c.id).where(deliveries.c.user_id == user_id)
+            await conn.execute(
+                transitions.delete().where(
+                    transitions.c.tenant_id == tenant_id,
+                    sa.or_(
+                        sa.and_(
+                            transitions.c.subject == Subject.ITEM,
+                            transitions.c.subject_id.in_(item_ids),
+                        ),
+                        sa.and_(
+                            transitions.c.subject == Subject.DELIVERY,
+                            transitions.c.subject_id.in_(delivery_ids),
+                        ),
+                    ),
+                )
+            )
+            await conn.execute(users.delete().where(users.c.id == user_id))
+        return True
+
+    async def put_group(
+        self, tenant_id: str, key: str, *, kind: str, name: str | None, community: str | None,
+        attributes: JsonObject, now: datetime,
+    ) -> tuple[ports.GroupRecord, bool]:
+        async with self._write() as conn:
+            community_id = None
+            if community is not None:
+                parent = (
+                    await conn.execute(
+                        sa.select(groups.c.id, groups.c.kind).where(
+                            groups.c.tenant_id == tenant_id, groups.c.key == community
+                        )
+                    )
+                ).first()
+                if parent is None:
+                    raise errors.UnknownCommunity(f"community {community!r} does not exist")
+                if parent.kind != "community" or kind != "group":
+                    raise errors.GroupKindMismatch("only a group can belong, and only to a community")
+                community_id = parent.id
+            current = (
+                await conn.execute(
+                    self._locked(
+                        sa.select(groups.c.id, groups.c.kind).where(
+                            groups.c.tenant_id == tenant_id, groups.c.key == key
+                        )
+                    )
+                )
+            ).first()
+            values = {
+                "name": name, "community_id": community_id, "attributes": attributes,
+                "updated_at": now,
+            }
+            if current is None:
+                await conn.execute(
+                    groups.insert().values(
+                        tenant_id=tenant_id, key=key, kind=kind, created_at=now, **values
+                    )
+                )
+            else:
+                if current.kind != kind:
+                    raise errors.GroupKindMismatch(
+                        f"{key!r} is a {current.kind}; its kind cannot change"
+                    )
+                await conn.execute(groups.update().where(groups.c.id == current.id).values(**values))
+            record = await self._group(conn, tenant_id, key)
+        assert record is not None
+        return record, current is None
+
+    async def get_group(self, tenant_id: str, key: str) -> ports.GroupRecord | None:
+        async with self._read() as conn:
+            return await self._group(conn, tenant_id, key)
+
+    async def _group(
+        self, conn: AsyncConnection, tenant_id: str, key: str
+    ) -> ports.GroupRecord | None:
+        parent = groups.alias("parent")
+        members = (
+            sa.select(sa.func.count())
+            .select_from(memberships)
+            .where(memberships.c.group_id == groups.c.id)
+            .scalar_subquery()
+        )
+        row = (
+            await conn.execute(
+                sa.select(groups, parent.c.key.label("community_key"), members.label("members"))
+                .select_from(groups.outerjoin(parent, parent.c.id == groups.c.community_id))
+                .where(groups.c.tenant_id == tenant_id, groups.c.key == key)
+            )
+        ).first()
+        if row is None:
+            return None
+        return ports.GroupRecord(
+            id=row.id, key=row.key, kind=row.kind, name=row.name, community=row.community_key,
+            attributes=row.attributes, member_count=row.members, created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    async def put_member(
+        self, tenant_id: str, group_key: str, external_id: str, now: datetime
+    ) -> bool | None:
+        async with self._write() as conn:
+            group_id = await conn.scalar(
+                sa.select(groups.c.id).where(
+                    groups.c.tenant_id == tenant_id, groups.c.key == group_key
+                )
+            )
+            if group_id is None:
+                return None
+            await self._create_users(conn, tenant_id, [external_id], now)
+            user_id = await conn.scalar(
+                sa.select(users.c.id).where(
+                    users.c.tenant_id == tenant_id, users.c.external_id == external_id
+                )
+            )
+            result = await conn.execute(
+                self._insert(memberships)
+                .values(group_id=group_id, user_id=user_id, created_at=now)
+                .on_conflict_do_nothing(index_elements=["group_id", "user_id"])
+            )
+            return bool(result.rowcount)
+
+    async def delete_member(self, tenant_id: str, group_key: str, external_id: str) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                memberships.delete().where(
+                    memberships.c.group_id.in_(
+                        sa.select(groups.c.id).where(
+                            groups.c.tenant_id == tenant_id, groups.c.key == group_key
+                        )
+                    ),
+                    memberships.c.user_id.in_(
+                        sa.select(users.c.id).where(
+                            users.c.tenant_id == tenant_id, users.c.external_id == external_id
+                        )
+                    ),
+                )
+            )
+            return bool(result.rowcount)
+
+    async def missing_groups(self, tenant_id: str, keys: Sequence[str], kind: str) -> list[str]:
+        found: set[str] = set()
+        async with self._read() as conn:
+            for chunk in _chunks(list(keys), _CHUNK):
+                rows = await conn.execute(
+                    sa.select(groups.c.key).where(
+                        groups.c.tenant_id == tenant_id,
+                        groups.c.kind == kind,
+                        groups.c.key.in_(chunk),
+                    )
+                )
+                found.update(r.key for r in rows)
+        return [k for k in keys if k not in found]
+
+    # -----------------------------------------------------------------------------------------
+    # events
+
+    async def insert_event(
+        self, *, tenant_id: str, event_id: str, spec: EventSpec, idempotency_key: str | None,
+        fingerprint: str, now: datetime,
+    ) -> ports.StoredEvent:
+        try:
+            async with self._write() as conn:
+                if idempotency_key is not None:
+                    earlier = await self._event_by_key(conn, tenant_id, idempotency_key)
+                    if earlier is not None:
+                        return earlier
+                await conn.execute(
+                    events.insert().values(
+                        id=event_id, tenant_id=tenant_id, type=spec.type, payload=spec.to_json(),
+                        idempotency_key=idempotency_key, fingerprint=fingerprint,
+                        state="accepted", created_at=now,
+                    )
+                )
+                await conn.execute(
+                    outbox.insert().values(
+                        topic=EVENTS_STREAM,
+                        payload={"event_id": event_id, "tenant_id": tenant_id},
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            # A concurrent request with the same key won the race (PostgreSQL; SQLite's
+            # BEGIN IMMEDIATE serialises writers, so it cannot get here).
+            if idempotency_key is None:
+                raise
+            async with self._read() as conn:
+                earlier = await self._event_by_key(conn, tenant_id, idempotency_key)
+            if earlier is None:
+                raise
+            return earlier
+        return ports.StoredEvent(
+            id=event_id, tenant_id=tenant_id, spec=spec, fingerprint=fingerprint,
+            state="accepted", created_at=now, routed_at=None,
+        )
+
+    async def _event_by_key(
+        self, conn: AsyncConnection, tenant_id: str, key: str
+    ) -> ports.StoredEvent | None:
+        row = (
+            await conn.execute(
+                sa.select(events).where(
+                    events.c.tenant_id == tenant_id, events.c.idempotency_key == key
+                )
+            )
+        ).first()
+        return None if row is None else _stored_event(row)
+
+    async def get_event(self, tenant_id: str, event_id: str) -> ports.StoredEvent | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(events).where(events.c.tenant_id == tenant_id, events.c.id == event_id)
+                )
+            ).first()
+        return None if row is None else _stored_event(row)
+
+    async def route_event(
+        self, event_id: str, *, notification_id: str,
+        channels: Callable[[EventSpec], Sequence[Channel]], now: datetime,
+    ) -> ports.Routed | None:
+        async with self._write() as conn:
+            row = (
+                await conn.execute(self._locked(sa.select(events).where(events.c.id == event_id)))
+            ).first()
+            if row is None or row.state != "accepted":
+                return None
+            event = _stored_event(row)
+            spec, tenant_id = event.spec, event.tenant_id
+            await self._create_users(conn, tenant_id, spec.recipients.users, now)
+            if spec.category is not None:
+                await conn.execute(
+                    self._insert(categories)
+                    .values(tenant_id=tenant_id, key=spec.category, created_at=now)
+                    .on_conflict_do_nothing(index_elements=["tenant_id", "key"])
+                )
+            await conn.execute(
+                notifications.insert().values(
+                    id=notification_id, tenant_id=tenant_id, event_id=event_id, type=spec.type,
+                    title=spec.title, body=spec.body, data=spec.data, category=spec.category,
+                    group_key=spec.group, created_at=now,
+                )
+            )
+            audience = _audience(tenant_id, spec)
+            await conn.execute(
+                inbox_items.insert().from_select(
+                    ["tenant_id", "notification_id", "user_id", "status", "category", "group_key",
+                     "created_at"],
+                    sa.select(
+                        sa.literal(tenant_id), sa.literal(notification_id), audience.c.user_id,
+                        sa.literal(str(Status.PENDING)), sa.literal(spec.category, Key),
+                        sa.literal(spec.group, Key), sa.literal(now, UtcNow),
+                    ),
+                )
+            )
+            for channel in dict.fromkeys(channels(spec)):
+                await conn.execute(
+                    deliveries.insert().from_select(
+                        ["tenant_id", "notification_id", "item_id", "user_id", "channel",
+                         "endpoint", "status", "attempts", "next_attempt_at", "fence",
+                         "created_at", "updated_at"],
+                        _delivery_rows(tenant_id, notification_id, channel, now),
+                    )
+                )
+            await self._audit_creation(conn, tenant_id, notification_id, now)
+            await conn.execute(
+                events.update().where(events.c.id == event_id).values(state="routed", routed_at=now)
+            )
+            recipients = await conn.scalar(
+                sa.select(sa.func.count()).where(inbox_items.c.notification_id == notification_id)
+            )
+            sent_on = await conn.scalar(
+                sa.select(sa.func.count()).where(deliveries.c.notification_id == notification_id)
+            )
+        return ports.Routed(
+            tenant_id=tenant_id, notification_id=notification_id, recipients=recipients or 0,
+            deliveries=sent_on or 0,
+        )
+
+    async def _audit_creation(
+        self, conn: AsyncConnection, tenant_id: str, notification_id: str, now: datetime
+    ) -> None:
+        for subject, table in ((Subject.ITEM, inbox_items), (Subject.DELIVERY, deliveries)):
+            await conn.execute(
+                transitions.insert().from_select(
+                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                    sa.select(
+                        sa.literal(tenant_id), sa.literal(str(subject)), table.c.id,
+                        sa.null(), sa.literal(str(Status.PENDING)), sa.literal("routed"),
+                        sa.literal(now, UtcNow),
+                    ).where(table.c.notification_id == notification_id),
+                )
+            )
+
+    async def unrouted_events(self, *, accepted_before: datetime, limit: int) -> list[str]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(events.c.id)
+                .where(events.c.state == "accepted", events.c.created_at <= accepted_before)
+                .order_by(events.c.created_at)
+                .limit(limit)
+            )
+            return [r.id for r in rows]
+
+    async def pending_outbox(self, limit: int) -> list[ports.OutboxEntry]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(outbox.c.id, outbox.c.topic, outbox.c.payload)
+                .where(outbox.c.published_at.is_(None))
+                .order_by(outbox.c.id)
+                .limit(limit)
+            )
+            return [ports.OutboxEntry(id=r.id, topic=r.topic, payload=r.payload) for r in rows]
+
+    async def mark_published(self, ids: Sequence[int], now: datetime) -> None:
+        async with self._write() as conn:
+            for chunk in _chunks(list(ids), _CHUNK):
+                await conn.execute(
+                    outbox.update().where(outbox.c.id.in_(chunk)).values(published_at=now)
+                )
+
+    async def prune_outbox(self, *, published_before: datetime) -> int:
+        """Forget entries published before the given time."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                outbox.delete().where(
+                    outbox.c.published_at.is_not(None), outbox.c.published_at < published_before
+                )
+            )
+            return result.rowcount
+
+    # -----------------------------------------------------------------------------------------
+    # realtime
+
+    async def items_for_users(
+        self, tenant_id: str, notification_id: str, user_ids: Sequence[int]
+    ) -> list[ports.Addressed]:
+        found: list[ports.Addressed] = []
+        async with self._read() as conn:
+            for chunk in _chunks(list(user_ids), _CHUNK):
+                rows = await conn.execute(
+                    _item_query().where(
+                        inbox_items.c.tenant_id == tenant_id,
+                        inbox_items.c.notification_id == notification_id,
+                        inbox_items.c.user_id.in_(chunk),
+                    )
+                )
+                found.extend(_addressed(r) for r in rows)
+        return found
+
+    async def backlog(
+        self, tenant_id: str, user_id: int, *, after: int | None, start: int, limit: int
+    ) -> list[ports.Addressed]:
+        wanted = inbox_items.c.status == str(Status.PENDING)
+        if after is not None:
+            wanted = sa.or_(inbox_items.c.id > after, wanted)
+        async with self._read() as conn:
+            rows = await conn.execute(
+                _item_query()
+                .where(
+                    inbox_items.c.tenant_id == tenant_id,
+                    inbox_items.c.user_id == user_id,
+                    inbox_items.c.id > start,
+                    wanted,
+                )
+                .order_by(inbox_items.c.id)
+                .limit(limit)
+            )
+            return [_addressed(r) for r in rows]
+
+    async def mark_sent(
+        self, tenant_id: str, item_ids: Sequence[int], *, channel: Channel, now: datetime
+    ) -> list[int]:
+        moved: list[int] = []
+        async with self._write() as conn:
+            for chunk in _chunks(list(item_ids), _CHUNK):
+                rows = await conn.execute(
+                    self._locked(
+                        sa.select(inbox_items.c.id, inbox_items.c.status).where(
+                            inbox_items.c.tenant_id == tenant_id, inbox_items.c.id.in_(chunk)
+                        )
+                    )
+                )
+                items = [(r.id, Status(r.status)) for r in rows]
+                moved += await self._move(
+                    conn, tenant_id, inbox_items, Subject.ITEM, items, Status.SENT,
+                    cause=str(channel), now=now,
+                )
+                rows = await conn.execute(
+                    self._locked(
+                        sa.select(deliveries.c.id, deliveries.c.status).where(
+                            deliveries.c.tenant_id == tenant_id,
+                            deliveries.c.item_id.in_(chunk),
+                            deliveries.c.channel == str(channel),
+                        )
+                    )
+                )
+                await self._move(
+                    conn, tenant_id, deliveries, Subject.DELIVERY,
+                    [(r.id, Status(r.status)) for r in rows], Status.SENT, cause=str(channel),
+                    now=now, extra={"attempts": deliveries.c.attempts + 1},
+                )
+        return moved
+
+    async def _move(
+        self, conn: AsyncConnection, tenant_id: str, table: sa.Table, subject: Subject,
+        current: Iterable[tuple[int, Status]], target: Status, *, cause: str, now: datetime,
+        extra: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """Move the rows that may move to `target` and record each move. The ids moved."""
+        allowed = sources_of(target)
+        movable = [(i, s) for i, s in current if s in allowed]
+        if not movable:
+            return []
+        ids = [i for i, _ in movable]
+        values: dict[str, Any] = {"status": str(target)}
+        stamp = timestamp_field(target)
+        if stamp is not None:
+            values[stamp] = now
+        if "updated_at" in table.c:
+            values["updated_at"] = now
+        values.update(extra or {})
+        for chunk in _chunks(ids, _CHUNK):
+            await conn.execute(
+                table.update()
+                .where(table.c.id.in_(chunk), table.c.status.in_([str(s) for s in allowed]))
+                .values(**values)
+            )
+        await conn.execute(
+            transitions.insert(),
+            [
+                {
+                    "tenant_id": tenant_id, "subject": str(subject), "subject_id": i,
+                    "source": str(s), "target": str(target), "cause": cause, "at": now,
+                }
+                for i, s in movable
+            ],
+        )
+        return ids
+
+    async def apply_receipt(
+        self, tenant_id: str, user_id: int, item_id: int, target: Status, *,
+        channel: Channel | None, cause: str, now: datetime,
+    ) -> ports.Moved | None:
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    self._locked(
+                        sa.select(inbox_items.c.id, inbox_items.c.status).where(
+                            inbox_items.c.tenant_id == tenant_id,
+                            inbox_items.c.user_id == user_id,
+                            inbox_items.c.id == item_id,
+                        )
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            before = Status(row.status)
+            moved = await self._move(
+                conn, tenant_id, inbox_items, Subject.ITEM, [(row.id, before)], target,
+                cause=cause, now=now,
+            )
+            if channel is not None:
+                rows = await conn.execute(
+                    self._locked(
+                        sa.select(deliveries.c.id, deliveries.c.status).where(
+                            deliveries.c.item_id == item_id,
+                            deliveries.c.channel == str(channel),
+                        )
+                    )
+                )
+                await self._move(
+                    conn, tenant_id, deliveries, Subject.DELIVERY,
+                    [(r.id, Status(r.status)) for r in rows], target, cause=cause, now=now,
+                )
+        return ports.Moved(
+            item_id=item_id, user_id=user_id, status=target if moved else before,
+            changed=bool(moved),
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # reports
+
+    async def event_report(self, tenant_id: str, event_id: str) -> ports.EventReport | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(events).where(events.c.tenant_id == tenant_id, events.c.id == event_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            notification_id = await conn.scalar(
+                sa.select(notifications.c.id).where(notifications.c.event_id == event_id)
+            )
+            by_status: dict[Status, int] = {}
+            by_channel: dict[str, dict[Status, int]] = {}
+            if notification_id is not None:
+                rows = await conn.execute(
+                    sa.select(inbox_items.c.status, sa.func.count().label("n"))
+                    .where(inbox_items.c.notification_id == notification_id)
+                    .group_by(inbox_items.c.status)
+                )
+                by_status = {Status(r.status): r.n for r in rows}
+                rows = await conn.execute(
+                    sa.select(deliveries.c.channel, deliveries.c.status, sa.func.count().label("n"))
+                    .where(deliveries.c.notification_id == notification_id)
+                    .group_by(deliveries.c.channel, deliveries.c.status)
+                )
+                for r in rows:
+                    by_channel.setdefault(r.channel, {})[Status(r.status)] = r.n
+        return ports.EventReport(
+            event=_stored_event(row),
+            notification_id=notification_id,
+            recipients=StatusCounts.of(by_status),
+            channels={c: StatusCounts.of(counts) for c, counts in sorted(by_channel.items())},
+        )
+
+    async def recipient_report(
+        self, tenant_id: str, event_id: str, external_id: str
+    ) -> ports.RecipientReport | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    _item_query().where(
+                        inbox_items.c.tenant_id == tenant_id,
+                        notifications.c.event_id == event_id,
+                        users.c.external_id == external_id,
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            item = _addressed(row).item
+            rows = (
+                await conn.execute(
+                    sa.select(deliveries)
+                    .where(deliveries.c.item_id == item.id)
+                    .order_by(deliveries.c.id)
+                )
+            ).all()
+            trails = await self._trails(
+                conn, tenant_id, [(Subject.ITEM, item.id)] + [(Subject.DELIVERY, r.id) for r in rows]
+            )
+        return ports.RecipientReport(
+            item=item,
+            trail=tuple(trails.get((Subject.ITEM, item.id), ())),
+            deliveries=tuple(
+                ports.DeliveryView(
+                    id=r.id, channel=r.channel, endpoint=r.endpoint, status=Status(r.status),
+                    attempts=r.attempts, error=r.error,
+                    trail=tuple(trails.get((Subject.DELIVERY, r.id), ())),
+                )
+                for r in rows
+            ),
+        )
+
+    async def _trails(
+        self, conn: AsyncConnection, tenant_id: str, subjects: list[tuple[Subject, int]]
+    ) -> dict[tuple[Subject, int], list[Transition]]:
+        wanted = sa.or_(
+            *(
+                sa.and_(transitions.c.subject == str(s), transitions.c.subject_id == i)
+                for s, i in subjects
+            )
+        )
+        rows = await conn.execute(
+            sa.select(transitions)
+            .where(transitions.c.tenant_id == tenant_id, wanted)
+            .order_by(transitions.c.id)
+        )
+        trails: dict[tuple[Subject, int], list[Transition]] = {}
+        for r in rows:
+            subject = Subject(r.subject)
+            trails.setdefault((subject, r.subject_id), []).append(
+                Transition(
+                    subject=subject, subject_id=r.subject_id,
+                    source=None if r.source is None else Status(r.source),
+                    target=Status(r.target), cause=r.cause, at=r.at,
+                )
+            )
+        return trails
+
+    # -----------------------------------------------------------------------------------------
+    # deliveries sent by transports
+
+    async def claim_deliveries(
+        self, channel: Channel, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[ports.Claimed]:
+        due = (
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.channel == str(channel),
+                deliveries.c.status == str(Status.PENDING),
+                sa.or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
+                sa.or_(
+                    deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at <= now
+                ),
+            )
+            .order_by(deliveries.c.id)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        async with self._write() as conn:
+            claimed = (
+                await conn.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id.in_(due.scalar_subquery()))
+                    .values(
+                        fence=deliveries.c.fence + 1,
+                        attempts=deliveries.c.attempts + 1,
+                        lease_expires_at=now + timedelta(seconds=lease_seconds),
+                        updated_at=now,
+                    )
+                    .returning(
+                        deliveries.c.id, deliveries.c.fence, deliveries.c.tenant_id,
+                        deliveries.c.endpoint, deliveries.c.attempts, deliveries.c.item_id,
+                    )
+                )
+            ).all()
+            by_item: dict[int, InboxItem] = {}
+            for chunk in _chunks([r.item_id for r in claimed], _CHUNK):
+                rows = await conn.execute(_item_query().where(inbox_items.c.id.in_(chunk)))
+                by_item.update((r.id, _addressed(r).item) for r in rows)
+        return [
+            ports.Claimed(
+                id=r.id, fence=r.fence, tenant_id=r.tenant_id, channel=str(channel),
+                endpoint=r.endpoint, attempts=r.attempts, item=by_item[r.item_id],
+            )
+            for r in sorted(claimed, key=lambda r: r.id)
+        ]
+
+    async def complete_deliveries(
+        self, completions: Sequence[ports.Completion], now: datetime
+    ) -> list[int]:
+        if not completions:
+            return []
+        wanted = {c.delivery_id: c for c in completions}
+        applied: list[int] = []
+        async with self._write() as conn:
+            rows = (
+                await conn.execute(
+                    self._locked(
+                        sa.select(
+                            deliveries.c.id, deliveries.c.fence, deliveries.c.status,
+                            deliveries.c.tenant_id, deliveries.c.item_id, deliveries.c.endpoint,
+                            deliveries.c.channel,
+                        ).where(deliveries.c.id.in_(list(wanted)))
+                    )
+                )
+            ).all()
+            # A completion counts only from the lease holder: same fence, still pending.
+            live = [
+                r for r in rows
+                if r.fence == wanted[r.id].fence and r.status == str(Status.PENDING)
+            ]
+            for r in live:
+                completion = wanted[r.id]
+                outcome = completion.outcome
+                current = [(r.id, Status.PENDING)]
+                common = {"lease_expires_at": None}
+                if isinstance(outcome, outcomes.Delivered):
+                    await self._move(
+                        conn, r.tenant_id, deliveries, Subject.DELIVERY, current, Status.SENT,
+                        cause=r.channel, now=now, extra={**common, "reference": outcome.reference},
+                    )
+                    await self._move(
+                        conn, r.tenant_id, inbox_items, Subject.ITEM,
+                        [(r.item_id, await self._status_of(conn, r.item_id))], Status.SENT,
+                        cause=r.channel, now=now,
+                    )
+                elif isinstance(outcome, outcomes.RetryLater | outcomes.AuthFailed):
+                    await conn.execute(
+                        deliveries.update()
+                        .where(deliveries.c.id == r.id)
+                        .values(
+                            next_attempt_at=completion.retry_at or now, error=outcome.reason[:500],
+                            updated_at=now, **common,
+                        )
+                    )
+                else:
+                    await self._move(
+                        conn, r.tenant_id, deliveries, Subject.DELIVERY, current, Status.FAILED,
+                        cause=outcome.reason[:64], now=now,
+                        extra={**common, "error": outcome.reason[:500]},
+                    )
+                    if isinstance(outcome, outcomes.TokenInvalid) and r.channel in _PUSH_PROVIDERS:
+                        await conn.execute(
+                            devices.update()
+                            .where(devices.c.id == int(r.endpoint), devices.c.status == "active")
+                            .values(
+                                status="retired", retired_at=now,
+                                retired_reason=outcome.reason[:200], updated_at=now,
+                            )
+                        )
+                    await self._fail_item_if_unreachable(conn, r.tenant_id, r.item_id, now)
+                applied.append(r.id)
+        return applied
+
+    async def _status_of(self, conn: AsyncConnection, item_id: int) -> Status:
+        status = await conn.scalar(sa.select(inbox_items.c.status).where(inbox_items.c.id == item_id))
+        return Status(status)
+
+    async def _fail_item_if_unreachable(
+        self, conn: AsyncConnection, tenant_id: str, item_id: int, now: datetime
+    ) -> None:
+        """An item fails when every delivery of it has failed; one still open keeps it alive."""
+        open_left = await conn.scalar(
+            sa.select(sa.func.count()).where(
+                deliveries.c.item_id == item_id, deliveries.c.status != str(Status.FAILED)
+            )
+        )
+        if not open_left:
+            await self._move(
+                conn, tenant_id, inbox_items, Subject.ITEM,
+                [(item_id, await self._status_of(conn, item_id))], Status.FAILED,
+                cause="unreachable", now=now,
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# query builders
+
+Key = users.c.external_id.type
+UtcNow = inbox_items.c.created_at.type
+
+
+def _audience(tenant_id: str, spec: EventSpec) -> sa.Subquery:
+    """The distinct internal ids of everyone the event reaches.
+
+    Named users, members of named groups, and members of named communities: both the members
+    of the community itself and of every group that belongs to it. ``UNION`` de-duplicates.
+    """
+    parts: list[sa.Select[Any]] = []
+    r = spec.recipients
+    if r.users:
+        parts.append(
+            sa.select(users.c.id.label("user_id")).where(
+                users.c.tenant_id == tenant_id, users.c.external_id.in_(r.users)
+            )
+        )
+    if r.groups:
+        parts.append(
+            sa.select(memberships.c.user_id)
+            .join(groups, groups.c.id == memberships.c.group_id)
+            .where(
+                groups.c.tenant_id == tenant_id,
+                groups.c.kind == "group",
+                groups.c.key.in_(r.groups),
+            )
+        )
+    if r.communities:
+        community_ids = sa.select(groups.c.id).where(
+            groups.c.tenant_id == tenant_id,
+            groups.c.kind == "community",
+            groups.c.key.in_(r.communities),
+        )
+        parts.append(
+            sa.select(memberships.c.user_id)
+            .join(groups, groups.c.id == memberships.c.group_id)
+            .where(
+                groups.c.tenant_id == tenant_id,
+                sa.or_(groups.c.id.in_(community_ids), groups.c.community_id.in_(community_ids)),
+            )
+        )
+    if not parts:
+        return sa.select(users.c.id.label("user_id")).where(sa.false()).subquery()
+    return sa.union(*parts).subquery()
+
+
+def _delivery_rows(
+    tenant_id: str, notification_id: str, channel: Channel, now: datetime
+) -> sa.Select[Any]:
+    """One delivery per item and endpoint of `channel` the recipient has."""
+    base = [
+        sa.literal(tenant_id), sa.literal(notification_id), inbox_items.c.id,
+        inbox_items.c.user_id, sa.literal(str(channel)),
+    ]
+    tail = [
+        sa.literal(str(Status.PENDING)), sa.literal(0), sa.literal(now, UtcNow), sa.literal(0),
+        sa.literal(now, UtcNow), sa.literal(now, UtcNow),
+    ]
+    mine = inbox_items.c.notification_id == notification_id
+    if channel in REALTIME:
+        return sa.select(*base, sa.literal(""), *tail).where(mine)
+    if channel == Channel.EMAIL:
+        return (
+            sa.select(*base, users.c.email, *tail)
+            .join(users, users.c.id == inbox_items.c.user_id)
+            .where(mine, users.c.email.is_not(None))
+        )
+    return (
+        sa.select(*base, sa.cast(devices.c.id, sa.String), *tail)
+        .join(devices, devices.c.user_id == inbox_items.c.user_id)
+        .where(mine, devices.c.provider == str(channel), devices.c.status == "active")
+    )
+
+
+def _item_query() -> sa.Select[Any]:
+    return sa.select(
+        inbox_items.c.id, inbox_items.c.user_id, inbox_items.c.status,
+        inbox_items.c.created_at, notifications.c.id.label("notification_id"),
+        notifications.c.event_id, notifications.c.type, notifications.c.title,
+        notifications.c.body, notifications.c.data, notifications.c.category,
+        notifications.c.group_key, users.c.external_id,
+    ).select_from(
+        inbox_items.join(notifications, notifications.c.id == inbox_items.c.notification_id).join(
+            users, users.c.id == inbox_items.c.user_id
+        )
+    )
+
+
+def _addressed(row: Any) -> ports.Addressed:
+    return ports.Addressed(
+        user_id=row.user_id,
+        item=InboxItem(
+            id=row.id, notification_id=row.notification_id, event_id=row.event_id,
+            user=row.external_id, status=Status(row.status), type=row.type, title=row.title,
+            body=row.body, data=row.data, category=row.category, group=row.group_key,
+            created_at=row.created_at,
+        ),
+    )
+
+
+def _stored_event(row: Any) -> ports.StoredEvent:
+    return ports.StoredEvent(
+        id=row.id, tenant_id=row.tenant_id, spec=EventSpec.from_json(row.payload),
+        fingerprint=row.fingerprint, state=row.state, created_at=row.created_at,
+        routed_at=row.routed_at,
+    )
+
+
+def _chunks(values: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

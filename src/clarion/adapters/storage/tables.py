@@ -1,0 +1,300 @@
+"""The schema, in SQLAlchemy Core, for SQLite and PostgreSQL alike.
+
+Alembic's migrations build exactly this (tests/contract/test_migrations.py compares them).
+Internal rows that fan out (users, items, deliveries, audit entries) have integer keys so that
+routing can write them with ``INSERT ... SELECT`` without a round trip per row; events and
+notifications have UUID text ids that producers see.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that is always stored and read back as UTC.
+
+    SQLite has no time zones; storing naive UTC there and tagging it on the way out keeps
+    comparisons and ordering right on both engines.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Json: Any = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# Integer keys are BIGINT on PostgreSQL (a busy tenant passes 2^31 inbox items) and INTEGER on
+# SQLite, where only "INTEGER PRIMARY KEY" is the fast rowid alias.
+BigId: Any = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Key = sa.String(255)
+
+
+def _tenant_fk() -> sa.Column[str]:
+    return sa.Column(
+        "tenant_id", sa.String(36), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    # The user-token signing secret, sealed with the server's key (adapters/sealing.py).
+    sa.Column("token_secret", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    _tenant_fk(),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime),
+    sa.Index(None, "tenant_id"),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("external_id", Key, nullable=False),
+    sa.Column("email", sa.String(320)),
+    sa.Column("locale", sa.String(35)),
+    sa.Column("timezone", sa.String(64)),
+    sa.Column("attributes", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "external_id"),
+)
+
+groups = sa.Table(
+    "groups",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("key", Key, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(200)),
+    sa.Column("community_id", BigId, sa.ForeignKey("groups.id", ondelete="SET NULL")),
+    sa.Column("attributes", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "key"),
+    sa.CheckConstraint("kind IN ('group', 'community')", name="kind"),
+    sa.Index(None, "community_id"),
+)
+
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column(
+        "group_id", BigId, sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index(None, "user_id"),
+)
+
+categories = sa.Table(
+    "categories",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("key", Key, nullable=False),
+    sa.Column("name", sa.String(200)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "key"),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.Column("app_id", sa.String(255)),
+    sa.Column("keys", Json, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("retired_at", UtcDateTime),
+    sa.Column("retired_reason", sa.String(200)),
+    sa.UniqueConstraint("tenant_id", "provider", "token"),
+    sa.Index(None, "user_id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    _tenant_fk(),
+    sa.Column("type", sa.String(200), nullable=False),
+    sa.Column("payload", Json, nullable=False),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("routed_at", UtcDateTime),
+    sa.UniqueConstraint("tenant_id", "idempotency_key"),
+    sa.Index(None, "tenant_id", "created_at"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.String(64), nullable=False),
+    sa.Column("payload", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("published_at", UtcDateTime),
+    sa.Index(None, "published_at", "id"),
+)
+
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    _tenant_fk(),
+    sa.Column(
+        "event_id", sa.String(36), sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("type", sa.String(200), nullable=False),
+    sa.Column("title", sa.Text),
+    sa.Column("body", sa.Text),
+    sa.Column("data", Json, nullable=False),
+    sa.Column("category", Key),
+    sa.Column("group_key", Key),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("event_id"),
+)
+
+inbox_items = sa.Table(
+    "inbox_items",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column(
+        "notification_id",
+        sa.String(36),
+        sa.ForeignKey("notifications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    # Copied from the notification so per-user filters and bulk reads need no join.
+    sa.Column("category", Key),
+    sa.Column("group_key", Key),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Column("received_at", UtcDateTime),
+    sa.Column("read_at", UtcDateTime),
+    sa.Column("failed_at", UtcDateTime),
+    sa.Column("expired_at", UtcDateTime),
+    sa.UniqueConstraint("notification_id", "user_id"),
+    sa.Index(None, "user_id", "id"),
+    sa.Index(None, "user_id", "status"),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column(
+        "notification_id",
+        sa.String(36),
+        sa.ForeignKey("notifications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column(
+        "item_id", BigId, sa.ForeignKey("inbox_items.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    # The endpoint within the channel: a device id for push, an address for email, '' for the
+    # one realtime stream per user.
+    sa.Column("endpoint", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime),
+    # Leases: a worker owns a claimed delivery until lease_expires_at; `fence` grows with every
+    # claim, so a worker whose lease ran out cannot complete what another has since claimed.
+    sa.Column("lease_expires_at", UtcDateTime),
+    sa.Column("fence", sa.Integer, nullable=False),
+    sa.Column("reference", sa.String(255)),
+    sa.Column("error", sa.String(500)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Column("received_at", UtcDateTime),
+    sa.Column("read_at", UtcDateTime),
+    sa.Column("failed_at", UtcDateTime),
+    sa.Column("expired_at", UtcDateTime),
+    sa.UniqueConstraint("notification_id", "user_id", "channel", "endpoint"),
+    sa.Index(None, "item_id"),
+    sa.Index(None, "channel", "status", "next_attempt_at"),
+)
+
+transitions = sa.Table(
+    "transitions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("subject", sa.String(16), nullable=False),
+    sa.Column("subject_id", BigId, nullable=False),
+    sa.Column("source", sa.String(16)),
+    sa.Column("target", sa.String(16), nullable=False),
+    sa.Column("cause", sa.String(64), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index(None, "subject", "subject_id"),
+)
+
+preferences = sa.Table(
+    "preferences",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("key", Key, nullable=False),
+    # {"channel": bool} per channel, and "*" for all channels.
+    sa.Column("channels", Json, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "scope", "key"),
+    sa.CheckConstraint("scope IN ('group', 'category')", name="scope"),
+)

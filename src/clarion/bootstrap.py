@@ -1,0 +1,106 @@
+"""The composition root: the one place that builds adapters and hands them to services."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+from clarion.adapters.bus.memory import MemoryBus
+from clarion.adapters.sealing import Sealer, load_or_create_key
+from clarion.adapters.storage import engines, migrating
+from clarion.adapters.storage.sql import SqlStore
+from clarion.services.accepting import Accepting
+from clarion.services.acknowledging import Acknowledging
+from clarion.services.clocks import SystemClock
+from clarion.services.delivering import Delivering
+from clarion.services.directory import Directory
+from clarion.services.ports import Bus, Clock, Transport
+from clarion.services.realtime import Realtime
+from clarion.services.relaying import Relay
+from clarion.services.reporting import Reporting
+from clarion.services.routing import Routing
+from clarion.services.tenancy import Tenancy
+from clarion.services.tokens import UserTokens
+from clarion.settings import Settings
+
+
+@dataclass
+class Clarion:
+    """Every service, wired to its adapters. Built once per process by `build`."""
+
+    settings: Settings
+    store: SqlStore
+    bus: Bus
+    clock: Clock
+    tenancy: Tenancy
+    directory: Directory
+    tokens: UserTokens
+    accepting: Accepting
+    routing: Routing
+    relay: Relay
+    realtime: Realtime
+    acknowledging: Acknowledging
+    reporting: Reporting
+    delivering: Delivering
+    transports: dict[str, Transport] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        """Release the database pool."""
+        await self.store.close()
+
+
+def sealer_for(settings: Settings) -> Sealer:
+    """The sealer for tenant secrets, from the configured key or the key file."""
+    if settings.secret_key:
+        return Sealer(base64.b64decode(settings.secret_key))
+    return Sealer(load_or_create_key(settings.secret_key_file))
+
+
+def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = None) -> Clarion:
+    """Wire Clarion for `settings`. Nothing connects until first used."""
+    clock = clock or SystemClock()
+    store = SqlStore(
+        engines.create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size),
+        sealer_for(settings),
+    )
+    bus = bus or MemoryBus()
+    tokens = UserTokens(
+        store, clock, issuer=settings.tokens.issuer, audience=settings.tokens.audience,
+        default_ttl=settings.tokens.default_ttl_seconds, max_ttl=settings.tokens.max_ttl_seconds,
+        leeway=settings.tokens.leeway_seconds,
+    )
+    relay = Relay(
+        store, bus, clock, batch=settings.worker.relay_batch,
+        interval=settings.worker.relay_interval_seconds,
+        redeliver_after=settings.worker.redeliver_after_seconds,
+    )
+    return Clarion(
+        settings=settings,
+        store=store,
+        bus=bus,
+        clock=clock,
+        tenancy=Tenancy(store, clock),
+        directory=Directory(store, clock),
+        tokens=tokens,
+        accepting=Accepting(
+            store, clock, max_recipients=settings.api.max_recipients_per_event,
+            on_accepted=relay.wake,
+        ),
+        routing=Routing(store, bus, clock),
+        relay=relay,
+        realtime=Realtime(store, tokens, clock, page=settings.gateway.backlog_page),
+        acknowledging=Acknowledging(store, bus, clock),
+        reporting=Reporting(store),
+        delivering=Delivering(store, clock, {}),
+    )
+
+
+async def migrate(settings: Settings) -> None:
+    """Bring the configured database to the newest schema."""
+    if engines.dialect_of(engines.normalise_url(settings.resolved_database_url)) == "sqlite":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = engines.create_engine(settings.resolved_database_url)
+    try:
+        await migrating.migrate(engine)
+    finally:
+        await engine.dispose()

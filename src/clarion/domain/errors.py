@@ -1,0 +1,148 @@
+"""Clarion's errors: one root, each class a stable code, an HTTP status and a default message.
+
+The tree::
+
+    ClarionError
+    ├── InvalidRequest (400/422)   the caller sent something we will not take
+    │   ├── MalformedJson, BodyTooLarge, UnknownGroup, UnknownCommunity, TooManyRecipients,
+    │   │   NoRecipients, IdempotencyKeyReused, InvalidIdentifier, InvalidFrame
+    ├── Unauthorized (401)         no credential, or one we do not accept
+    │   ├── InvalidApiKey, InvalidUserToken
+    ├── NotFound (404)             missing, or not yours (the two are never told apart)
+    └── Conflict (409)             the request clashes with the state it found
+
+The docstring of each class is its default message. The API's catalogue (entrypoints/api/errors.py)
+is built from these classes, so a code means the same thing everywhere it appears.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ClarionError(Exception):
+    """Something went wrong inside Clarion."""
+
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or self.code).strip().splitlines()[0]
+        self.details = details
+        super().__init__(self.message)
+
+
+class InvalidRequest(ClarionError):
+    """The request is not valid."""
+
+    code = "invalid_request"
+    status = 422
+
+
+class MalformedJson(InvalidRequest):
+    """The request body is not valid JSON."""
+
+    code = "malformed_json"
+    status = 400
+
+
+class BodyTooLarge(InvalidRequest):
+    """The request body is larger than this server accepts."""
+
+    code = "body_too_large"
+    status = 413
+
+
+class UnknownGroup(InvalidRequest):
+    """The event names a group that does not exist."""
+
+    code = "unknown_group"
+
+
+class UnknownCommunity(InvalidRequest):
+    """The event names a community that does not exist."""
+
+    code = "unknown_community"
+
+
+class NoRecipients(InvalidRequest):
+    """The event names no recipient."""
+
+    code = "no_recipients"
+
+
+class TooManyRecipients(InvalidRequest):
+    """The event names more recipients than one request may carry."""
+
+    code = "too_many_recipients"
+
+
+class UnknownChannel(InvalidRequest):
+    """The event asks for a channel this server does not have."""
+
+    code = "unknown_channel"
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    """This Idempotency-Key was used before with a different request body."""
+
+    code = "idempotency_key_reused"
+
+
+class InvalidIdentifier(InvalidRequest):
+    """An identifier in the path is empty, too long or holds control characters."""
+
+    code = "invalid_identifier"
+
+
+class InvalidFrame(InvalidRequest):
+    """The WebSocket frame is not one the gateway understands."""
+
+    code = "invalid_frame"
+    status = 400
+
+
+class Unauthorized(ClarionError):
+    """Authentication is required."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class InvalidApiKey(Unauthorized):
+    """The API key is unknown, malformed or revoked."""
+
+    code = "invalid_api_key"
+
+
+class InvalidUserToken(Unauthorized):
+    """The user token is invalid, expired or not meant for this server."""
+
+    code = "invalid_user_token"
+
+
+class NotFound(ClarionError):
+    """No such resource."""
+
+    code = "not_found"
+    status = 404
+
+
+class Conflict(ClarionError):
+    """The request conflicts with the current state."""
+
+    code = "conflict"
+    status = 409
+
+
+class GroupKindMismatch(Conflict):
+    """A group cannot change between `group` and `community`, nor join a community that is not one."""
+
+    code = "group_kind_mismatch"
+
+
+class Unavailable(ClarionError):
+    """The service cannot take this request now; try again later."""
+
+    code = "unavailable"
+    status = 503

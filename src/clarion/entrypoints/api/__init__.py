@@ -1,0 +1,1 @@
+"""The producer and device HTTP API."""

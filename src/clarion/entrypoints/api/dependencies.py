@@ -1,0 +1,55 @@
+"""What routes receive: the wired services and the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+
+from clarion.bootstrap import Clarion
+from clarion.domain import errors, identifiers
+
+
+def clarion(request: Request) -> Clarion:
+    """The services of this process."""
+    app: Clarion = request.app.state.clarion
+    return app
+
+
+App = Annotated[Clarion, Depends(clarion)]
+
+
+async def tenant(
+    app: App,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str:
+    """The tenant whose API key authorises this request (never taken from the request body)."""
+    if not authorization:
+        raise errors.Unauthorized("send the API key as 'Authorization: Bearer <key>'")
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise errors.Unauthorized("send the API key as 'Authorization: Bearer <key>'")
+    return await app.tenancy.authenticate(key.strip())
+
+
+Tenant = Annotated[str, Depends(tenant)]
+
+
+def _checked(name: str, value: str) -> str:
+    if not identifiers.is_valid_key(value):
+        raise errors.InvalidIdentifier(f"'{name}' is not a valid key")
+    return value
+
+
+def user_key(user: Annotated[str, Path(max_length=1000)]) -> str:
+    """The user named in the path, checked."""
+    return _checked("user", user)
+
+
+def group_key(group: Annotated[str, Path(max_length=1000)]) -> str:
+    """The group named in the path, checked."""
+    return _checked("group", group)
+
+
+UserKey = Annotated[str, Depends(user_key)]
+GroupKey = Annotated[str, Depends(group_key)]

@@ -1,0 +1,98 @@
+"""Producers send events and read back where they stand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from clarion.domain import errors, identifiers
+from clarion.domain.notifications import EventSpec, Recipients
+from clarion.entrypoints.api import schemas
+from clarion.entrypoints.api.dependencies import App, Tenant, UserKey
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+@router.post("", status_code=202, response_model=schemas.EventAccepted)
+async def post_event(
+    body: schemas.EventIn,
+    app: App,
+    tenant: Tenant,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> schemas.EventAccepted:
+    """Accept an event. Answers 202 once it is durably stored; routing follows in the worker.
+
+    The same `Idempotency-Key` with the same body answers the same id again; with another
+    body it is refused (422 `idempotency_key_reused`).
+    """
+    if idempotency_key is not None and not identifiers.is_valid_key(idempotency_key):
+        raise errors.InvalidRequest("Idempotency-Key must be 1-255 printable characters")
+    spec = EventSpec(
+        type=body.type,
+        recipients=Recipients(
+            users=identifiers.unique_in_order(body.recipients.users),
+            groups=identifiers.unique_in_order(body.recipients.groups),
+            communities=identifiers.unique_in_order(body.recipients.communities),
+        ),
+        title=body.title,
+        body=body.body,
+        data=body.data,
+        category=body.category,
+        group=body.group,
+        channels=None if body.channels is None else tuple(dict.fromkeys(body.channels)),
+    )
+    accepted = await app.accepting.accept(tenant, spec, idempotency_key=idempotency_key)
+    if not accepted.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return schemas.EventAccepted(id=accepted.id)
+
+
+@router.get("/{event_id}", response_model=schemas.EventOut)
+async def get_event(event_id: str, app: App, tenant: Tenant) -> schemas.EventOut:
+    """The event, its notification, and per-recipient and per-channel status counts."""
+    report = await app.reporting.event(tenant, event_id)
+    spec = report.event.spec
+    notification = None
+    if report.notification_id is not None:
+        notification = schemas.NotificationOut(
+            id=report.notification_id, title=spec.title, body=spec.body, data=spec.data,
+            category=spec.category, group=spec.group,
+        )
+    return schemas.EventOut(
+        id=report.event.id,
+        type=spec.type,
+        state=report.event.state,
+        created_at=report.event.created_at,
+        routed_at=report.event.routed_at,
+        recipients_named={
+            "users": list(spec.recipients.users),
+            "groups": list(spec.recipients.groups),
+            "communities": list(spec.recipients.communities),
+        },
+        notification=notification,
+        recipients=schemas.CountsOut.of(report.recipients),
+        channels={c: schemas.CountsOut.of(n) for c, n in report.channels.items()},
+    )
+
+
+@router.get("/{event_id}/recipients/{user}", response_model=schemas.RecipientOut)
+async def get_recipient(
+    event_id: str, user: UserKey, app: App, tenant: Tenant
+) -> schemas.RecipientOut:
+    """One recipient's status for the event, its deliveries, and the audit trail of each."""
+    report = await app.reporting.recipient(tenant, event_id, user)
+    return schemas.RecipientOut(
+        user=report.item.user,
+        item_id=report.item.id,
+        status=report.item.status,
+        trail=[schemas.TransitionOut.of(t) for t in report.trail],
+        deliveries=[
+            schemas.DeliveryOut(
+                id=d.id, channel=d.channel, status=d.status, attempts=d.attempts, error=d.error,
+                trail=[schemas.TransitionOut.of(t) for t in d.trail],
+            )
+            for d in report.deliveries
+        ],
+    )

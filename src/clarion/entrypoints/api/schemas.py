@@ -1,0 +1,221 @@
+"""What the API takes and gives, as pydantic models.
+
+Inputs forbid unknown fields (no mass assignment: ids, statuses and timestamps are ours) and
+take no coercions beyond pydantic's defaults for JSON. Outputs are allowlists of fields.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from clarion.domain import identifiers
+from clarion.domain.channels import Channel
+from clarion.domain.notifications import StatusCounts
+from clarion.domain.statuses import Status, Transition
+
+
+def _key(value: str) -> str:
+    if not identifiers.is_valid_key(value):
+        raise ValueError("must be 1-255 printable characters without surrounding blanks")
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("must be an IANA time zone such as 'Europe/Paris'") from exc
+    return value
+
+
+Key = Annotated[str, AfterValidator(_key)]
+MAX_KEYS = 30_000  # the request-level ceiling; the configured per-event limit is checked later
+
+
+class Input(BaseModel):
+    """Every request body: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecipientsIn(Input):
+    """Who an event is for, by external key."""
+
+    users: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
+    groups: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
+    communities: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
+
+
+class EventIn(Input):
+    """An event from a producer."""
+
+    type: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
+    recipients: RecipientsIn
+    title: Annotated[str, Field(max_length=1000)] | None = None
+    body: Annotated[str, Field(max_length=10_000)] | None = None
+    data: dict[str, Any] = {}
+    category: Key | None = None
+    group: Key | None = None
+    channels: Annotated[list[Channel], Field(min_length=1, max_length=len(Channel))] | None = None
+
+
+class EventAccepted(BaseModel):
+    """The answer to an accepted event."""
+
+    id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class CountsOut(BaseModel):
+    """How many stand in each status."""
+
+    total: int
+    by_status: dict[str, int]
+
+    @classmethod
+    def of(cls, counts: StatusCounts) -> CountsOut:
+        """From the domain's counts."""
+        return cls(total=counts.total, by_status={str(s): n for s, n in counts.by_status.items()})
+
+
+class NotificationOut(BaseModel):
+    """The message an event became."""
+
+    id: str
+    title: str | None
+    body: str | None
+    data: dict[str, Any]
+    category: str | None
+    group: str | None
+
+
+class EventOut(BaseModel):
+    """An event with where its recipients stand."""
+
+    id: str
+    type: str
+    state: str
+    created_at: datetime
+    routed_at: datetime | None
+    recipients_named: dict[str, list[str]]
+    notification: NotificationOut | None
+    recipients: CountsOut
+    channels: dict[str, CountsOut]
+
+
+class TransitionOut(BaseModel):
+    """One entry of the audit trail."""
+
+    from_status: Status | None = Field(serialization_alias="from")
+    to_status: Status = Field(serialization_alias="to")
+    cause: str
+    at: datetime
+
+    @classmethod
+    def of(cls, t: Transition) -> TransitionOut:
+        """From the domain's transition."""
+        return cls(from_status=t.source, to_status=t.target, cause=t.cause, at=t.at)
+
+
+class DeliveryOut(BaseModel):
+    """One delivery of a recipient's item."""
+
+    id: int
+    channel: str
+    status: Status
+    attempts: int
+    error: str | None
+    trail: list[TransitionOut]
+
+
+class RecipientOut(BaseModel):
+    """One recipient's item for an event, with its audit trail."""
+
+    user: str
+    item_id: int
+    status: Status
+    trail: list[TransitionOut]
+    deliveries: list[DeliveryOut]
+
+
+class UserIn(Input):
+    """What a producer says about a user; a PUT replaces all of it."""
+
+    email: Annotated[str, Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    locale: Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")] | None = None
+    timezone: Annotated[str, AfterValidator(_timezone)] | None = None
+    attributes: dict[str, Any] = {}
+
+
+class UserOut(BaseModel):
+    """A user as stored."""
+
+    id: str
+    email: str | None
+    locale: str | None
+    timezone: str | None
+    attributes: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class GroupIn(Input):
+    """A group, or a community of groups."""
+
+    kind: Literal["group", "community"] = "group"
+    name: Annotated[str, Field(max_length=200)] | None = None
+    community: Key | None = None
+    attributes: dict[str, Any] = {}
+
+
+class GroupOut(BaseModel):
+    """A group as stored."""
+
+    key: str
+    kind: str
+    name: str | None
+    community: str | None
+    attributes: dict[str, Any]
+    members: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class MembershipOut(BaseModel):
+    """A user's membership of a group."""
+
+    group: str
+    user: str
+    created: bool
+
+
+class TokenIn(Input):
+    """Options for a user token."""
+
+    ttl: Annotated[int, Field(ge=1)] | None = None
+
+
+class TokenOut(BaseModel):
+    """A user token for an app."""
+
+    token: str
+    expires_at: datetime
+
+
+class ErrorDetail(BaseModel):
+    """An error's code, message and where it is documented."""
+
+    code: str
+    message: str
+    docs: str
+    details: Any = None
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail

@@ -1,0 +1,1 @@
+"""The clarion command."""

@@ -1,0 +1,1 @@
+"""Background work: the outbox relay and the routing consumer."""

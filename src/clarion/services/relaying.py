@@ -1,0 +1,86 @@
+"""The outbox relay: hands committed work to the bus, and hands it again if it went missing.
+
+The database is the system of record. An event is committed with its outbox entry; the relay
+publishes entries in commit order and marks them published. A bus that loses a message (a
+crash of the in-process bus, a broker failover) only delays routing: any event still unrouted
+after `redeliver_after` is published again. Routing is idempotent, so duplicates are harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from clarion.services.ports import Bus, Clock, Store
+
+log = logging.getLogger(__name__)
+
+EVENTS_STREAM = "events"
+"""The stream routers consume: ``{"event_id": ..., "tenant_id": ...}``."""
+
+PRUNE_AFTER = timedelta(days=1)  # published entries are kept a day for inspection
+
+
+class Relay:
+    """Moves outbox entries onto the bus."""
+
+    def __init__(
+        self, store: Store, bus: Bus, clock: Clock, *, batch: int, interval: float,
+        redeliver_after: float,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._clock = clock
+        self._batch = batch
+        self._interval = interval
+        self._redeliver_after = timedelta(seconds=redeliver_after)
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something was just committed: relay now instead of at the next tick."""
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch of pending entries; how many went out."""
+        entries = await self._store.pending_outbox(self._batch)
+        for entry in entries:
+            await self._bus.publish(entry.topic, entry.payload)
+        if entries:
+            await self._store.mark_published([e.id for e in entries], self._clock.now())
+        return len(entries)
+
+    async def redeliver_stale(self, *, older_than: timedelta | None = None) -> int:
+        """Publish again the events still unrouted after `older_than` (default: the setting)."""
+        cutoff = self._clock.now() - (self._redeliver_after if older_than is None else older_than)
+        stale = await self._store.unrouted_events(accepted_before=cutoff, limit=self._batch)
+        for event_id in stale:
+            await self._bus.publish(EVENTS_STREAM, {"event_id": event_id})
+        if stale:
+            log.warning(
+                "unrouted events handed to the bus again",
+                extra={"action": "events_redelivered", "count": len(stale)},
+            )
+        return len(stale)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set."""
+        sweep_every = self._redeliver_after.total_seconds()
+        last_sweep = asyncio.get_running_loop().time()
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                moved = await self.relay_once()
+                now = asyncio.get_running_loop().time()
+                if now - last_sweep >= sweep_every:
+                    last_sweep = now
+                    await self.redeliver_stale()
+            except Exception:
+                log.exception("outbox relay failed; retrying", extra={"action": "relay_failed"})
+                moved = 0
+            if moved >= self._batch:
+                continue
+            waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waits, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()

@@ -1,0 +1,116 @@
+"""One settings tree, a section per component, read from ``CLARION_*`` variables.
+
+Nested sections use a double underscore: ``CLARION_GATEWAY__HEARTBEAT_SECONDS=15``. A few
+everyday settings have short names too (``CLARION_DATABASE_URL``, ``CLARION_BUS``,
+``CLARION_PORT``, ``CLARION_DATA_DIR``). Settings are built by the CLI and bootstrap only,
+never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8080
+DEFAULT_HOST = "127.0.0.1"  # listen on loopback unless told otherwise: no accidental exposure
+DEFAULT_DATA_DIR = Path("var")  # relative to where clarion runs, as `make serve` expects
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API."""
+
+    # 1 MiB holds an event with the largest push payload (4 KiB) many times over, plus a long
+    # recipient list, while keeping a hostile client from making us buffer much.
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Keys named in one event (users + groups + communities). Larger audiences go through groups,
+    # which routing expands in the database.
+    max_recipients_per_event: int = Field(10_000, ge=1, le=30_000)
+
+
+class TokenSettings(BaseModel):
+    """User tokens (JWT) handed to apps."""
+
+    issuer: str = "clarion"
+    audience: str = "clarion:user"
+    # An hour keeps a stolen token's value short while sparing apps constant refreshes.
+    default_ttl_seconds: int = Field(3600, ge=60)
+    max_ttl_seconds: int = Field(86_400, ge=60)
+    # Clock skew tolerated between Clarion and whoever checks the token; RFC 8725 practice.
+    leeway_seconds: int = Field(30, ge=0, le=60)
+
+
+class GatewaySettings(BaseModel):
+    """The WebSocket gateway."""
+
+    # Under the 30-60 s idle cut of common load balancers and NATs, so connections stay open.
+    heartbeat_seconds: float = Field(25.0, gt=0)
+    # Three missed heartbeats: long enough for a phone waking from doze, short enough to free
+    # the slots of clients that vanished without a close.
+    idle_timeout_seconds: float = Field(75.0, gt=0)
+    auth_timeout_seconds: float = Field(10.0, gt=0)
+    # Client frames are small receipts; 64 KiB bounds what one client can make us parse.
+    max_frame_bytes: int = Field(65_536, ge=1024)
+    # A client this many frames behind is too slow to keep; it reconnects with its cursor.
+    send_queue_frames: int = Field(1000, ge=10)
+    backlog_page: int = Field(500, ge=1)
+    # Origins allowed to open a socket from a browser; empty means any (tokens are not
+    # cookies, so a foreign page cannot ride a user's session).
+    allowed_origins: list[str] = Field(default_factory=list)
+
+
+class WorkerSettings(BaseModel):
+    """Routing and relaying."""
+
+    concurrency: int = Field(4, ge=1)
+    relay_interval_seconds: float = Field(0.5, gt=0)
+    relay_batch: int = Field(500, ge=1)
+    # An accepted event still unrouted after this long is handed to the bus again (a lost
+    # message or a crashed router); routing is idempotent, so a duplicate does no harm.
+    redeliver_after_seconds: float = Field(30.0, gt=0)
+    drain_seconds: float = Field(10.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything Clarion can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLARION_", env_nested_delimiter="__", extra="forbid", env_file=None
+    )
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    bus: Literal["memory"] = "memory"
+    bus_url: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    # The key sealing tenant secrets, base64 of 32 bytes; by default kept in data_dir.
+    secret_key: str | None = None
+    database_pool_size: int = Field(10, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    api: ApiSettings = ApiSettings()
+    tokens: TokenSettings = TokenSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("database_url must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database to use: the configured one, or SQLite in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'clarion.db').resolve()}"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """Where the sealing key lives when not given in settings."""
+        return self.data_dir / "secret.key"

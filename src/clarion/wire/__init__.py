@@ -1,0 +1,1 @@
+"""Sans-I/O protocols: build what goes on the wire, classify what comes back. No sockets, no clock."""
