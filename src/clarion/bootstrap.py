@@ -60,17 +60,26 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
     """Wire Clarion for `settings`. Nothing connects until first used."""
     clock = clock or SystemClock()
     store = SqlStore(
-        engines.create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size),
+        engines.create_engine(
+            settings.resolved_database_url, pool_size=settings.database_pool_size
+        ),
         sealer_for(settings),
     )
     bus = bus or MemoryBus()
     tokens = UserTokens(
-        store, clock, issuer=settings.tokens.issuer, audience=settings.tokens.audience,
-        default_ttl=settings.tokens.default_ttl_seconds, max_ttl=settings.tokens.max_ttl_seconds,
+        store,
+        clock,
+        issuer=settings.tokens.issuer,
+        audience=settings.tokens.audience,
+        default_ttl=settings.tokens.default_ttl_seconds,
+        max_ttl=settings.tokens.max_ttl_seconds,
         leeway=settings.tokens.leeway_seconds,
     )
     relay = Relay(
-        store, bus, clock, batch=settings.worker.relay_batch,
+        store,
+        bus,
+        clock,
+        batch=settings.worker.relay_batch,
         interval=settings.worker.relay_interval_seconds,
         redeliver_after=settings.worker.redeliver_after_seconds,
     )
@@ -83,7 +92,9 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         directory=Directory(store, clock),
         tokens=tokens,
         accepting=Accepting(
-            store, clock, max_recipients=settings.api.max_recipients_per_event,
+            store,
+            clock,
+            max_recipients=settings.api.max_recipients_per_event,
             on_accepted=relay.wake,
         ),
         routing=Routing(store, bus, clock),

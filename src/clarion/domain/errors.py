@@ -136,7 +136,7 @@ class Conflict(ClarionError):
 
 
 class GroupKindMismatch(Conflict):
-    """A group cannot change between `group` and `community`, nor join a community that is not one."""
+    """A group cannot change kind, and only a group can join, and only a community."""
 
     code = "group_kind_mismatch"
 

@@ -122,7 +122,7 @@ class InboxItem:
 
     @property
     def cursor(self) -> str:
-        """An opaque position in the user's inbox: everything routed after this item sorts after it."""
+        """An opaque position in the user's inbox: later items sort after it."""
         return str(self.id)
 
 

@@ -16,7 +16,7 @@ def retry_delay(attempts: int, *, provider_hint: float | None, jitter: float) ->
     """
     if attempts >= MAX_ATTEMPTS:
         return None
-    delay = min(MAX_DELAY_SECONDS, BASE_DELAY_SECONDS * 2 ** max(attempts - 1, 0))
+    delay = min(MAX_DELAY_SECONDS, BASE_DELAY_SECONDS * 2.0 ** max(attempts - 1, 0))
     delay = delay * (0.5 + jitter / 2)
     if provider_hint is not None:
         delay = max(delay, provider_hint)

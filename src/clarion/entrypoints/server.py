@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import uvicorn
@@ -73,47 +73,61 @@ def asgi(clarion: Clarion) -> tuple[FastAPI, BodyLimit]:
     return app, BodyLimit(app, max_bytes=clarion.settings.api.max_body_bytes)
 
 
-async def serve(clarion: Clarion, *, api: bool = True, worker: bool = True) -> None:
-    """Run the API, the gateway and the worker until SIGINT or SIGTERM, then drain."""
+async def serve(
+    clarion: Clarion,
+    *,
+    api: bool = True,
+    worker: bool = True,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Run the API, the gateway and the worker until `stop` is set (by default: until SIGINT
+    or SIGTERM), then drain. `on_listening` receives the bound port (useful with port 0)."""
     settings = clarion.settings
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
     server: uvicorn.Server | None = None
-    async with asyncio.TaskGroup() as group:
-        if worker:
-            # Whatever the in-process bus held died with the last process: hand every event
-            # that is still unrouted to the bus again right away.
-            await clarion.relay.redeliver_stale(older_than=timedelta(0))
-            group.create_task(clarion.relay.run(stop))
-            group.create_task(
-                run_routers(
-                    clarion.routing, clarion.bus, stop, concurrency=settings.worker.concurrency
+    try:
+        async with asyncio.TaskGroup() as group:
+            if worker:
+                # Whatever the in-process bus held died with the last process: hand every event
+                # that is still unrouted to the bus again right away.
+                await clarion.relay.redeliver_stale(older_than=timedelta(0))
+                group.create_task(clarion.relay.run(stop))
+                group.create_task(
+                    run_routers(
+                        clarion.routing, clarion.bus, stop, concurrency=settings.worker.concurrency
+                    )
                 )
-            )
-            group.create_task(clarion.delivering.run(stop))
-        if api:
-            _, served = asgi(clarion)
-            config = uvicorn.Config(
-                served,
-                host=settings.host,
-                port=settings.port,
-                ws_max_size=settings.gateway.max_frame_bytes,
-                ws_ping_interval=settings.gateway.heartbeat_seconds,
-                ws_ping_timeout=settings.gateway.heartbeat_seconds,
-                lifespan="on",
-                log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.worker.drain_seconds),
-                server_header=False,
-            )
-            server = uvicorn.Server(config)
-            # uvicorn would capture SIGINT/SIGTERM itself; ours stop everything together.
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-            group.create_task(server.serve())
-        await stop.wait()
-        log.info("stopping: draining in-flight work")
-        if server is not None:
-            server.should_exit = True
-    await clarion.close()
-
+                group.create_task(clarion.delivering.run(stop))
+            if api:
+                _, served = asgi(clarion)
+                config = uvicorn.Config(
+                    served,
+                    host=settings.host,
+                    port=settings.port,
+                    ws_max_size=settings.gateway.max_frame_bytes,
+                    ws_ping_interval=settings.gateway.heartbeat_seconds,
+                    ws_ping_timeout=settings.gateway.heartbeat_seconds,
+                    lifespan="on",
+                    log_level=settings.log_level,
+                    timeout_graceful_shutdown=int(settings.worker.drain_seconds),
+                    server_header=False,
+                )
+                server = uvicorn.Server(config)
+                # uvicorn would capture SIGINT/SIGTERM itself; ours stop everything together.
+                server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+                serving = group.create_task(server.serve())
+                while not server.started and not serving.done():  # noqa: ASYNC110 - a flag only
+                    await asyncio.sleep(0.01)
+                if server.started and on_listening is not None:
+                    on_listening(server.servers[0].sockets[0].getsockname()[1])
+            await stop.wait()
+            log.info("stopping: draining in-flight work")
+            if server is not None:
+                server.should_exit = True
+    finally:
+        await clarion.close()

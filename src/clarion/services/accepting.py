@@ -17,7 +17,11 @@ class Accepting:
     """Takes events from producers."""
 
     def __init__(
-        self, store: Store, clock: Clock, *, max_recipients: int,
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        max_recipients: int,
         on_accepted: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
@@ -53,8 +57,12 @@ class Accepting:
         fingerprint = spec.fingerprint()
         event_id = str(uuid.uuid4())
         stored = await self._store.insert_event(
-            tenant_id=tenant_id, event_id=event_id, spec=spec,
-            idempotency_key=idempotency_key, fingerprint=fingerprint, now=self._clock.now(),
+            tenant_id=tenant_id,
+            event_id=event_id,
+            spec=spec,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            now=self._clock.now(),
         )
         if stored.fingerprint != fingerprint:
             raise errors.IdempotencyKeyReused()

@@ -20,7 +20,12 @@ class Acknowledging:
         self._clock = clock
 
     async def report(
-        self, tenant_id: str, user_id: int, item_id: int, status: Status, *,
+        self,
+        tenant_id: str,
+        user_id: int,
+        item_id: int,
+        status: Status,
+        *,
         channel: Channel | None,
     ) -> Moved:
         """Advance the user's item to `status`; a repeated or late receipt changes nothing.
@@ -32,8 +37,13 @@ class Acknowledging:
         if status not in RECEIPTS:
             raise errors.InvalidRequest("a receipt is 'received' or 'read'")
         moved = await self._store.apply_receipt(
-            tenant_id, user_id, item_id, status, channel=channel,
-            cause=f"receipt:{channel or 'api'}", now=self._clock.now(),
+            tenant_id,
+            user_id,
+            item_id,
+            status,
+            channel=channel,
+            cause=f"receipt:{channel or 'api'}",
+            now=self._clock.now(),
         )
         if moved is None:
             raise errors.NotFound("no such notification")
@@ -41,8 +51,11 @@ class Acknowledging:
             await self._bus.broadcast(
                 REALTIME_CHANNEL,
                 {
-                    "kind": "status", "tenant_id": tenant_id, "user_id": user_id,
-                    "item_id": item_id, "status": str(moved.status),
+                    "kind": "status",
+                    "tenant_id": tenant_id,
+                    "user_id": user_id,
+                    "item_id": item_id,
+                    "status": str(moved.status),
                 },
             )
         return moved

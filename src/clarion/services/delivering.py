@@ -8,15 +8,15 @@ deliveries wait for the user to connect (see `realtime`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
-from clarion.domain import retrying
+from clarion.domain import outcomes, retrying
 from clarion.domain.channels import Channel
 from clarion.services.ports import Claimed, Clock, Completion, Store, Transport
-from clarion.wire import outcomes
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,13 @@ class Delivering:
     """Runs the transports of every non-realtime channel."""
 
     def __init__(
-        self, store: Store, clock: Clock, transports: Mapping[Channel, Transport], *,
-        batch: int = 100, rng: random.Random | None = None,
+        self,
+        store: Store,
+        clock: Clock,
+        transports: Mapping[Channel, Transport],
+        *,
+        batch: int = 100,
+        rng: random.Random | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -46,7 +51,9 @@ class Delivering:
         if not claimed:
             return 0
         results = await transport.send(claimed)
-        await self._store.complete_deliveries(self._completions(claimed, results), self._clock.now())
+        await self._store.complete_deliveries(
+            self._completions(claimed, results), self._clock.now()
+        )
         return len(claimed)
 
     def _completions(
@@ -84,7 +91,5 @@ class Delivering:
                 log.exception("delivery batch failed", extra={"channel": str(channel)})
                 sent = 0
             if not sent:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), IDLE_POLL_SECONDS)
-                except TimeoutError:
-                    pass

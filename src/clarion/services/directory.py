@@ -41,12 +41,23 @@ class Directory:
             raise errors.NotFound("no such user")
 
     async def put_group(
-        self, tenant_id: str, key: str, *, kind: str, name: str | None, community: str | None,
+        self,
+        tenant_id: str,
+        key: str,
+        *,
+        kind: str,
+        name: str | None,
+        community: str | None,
         attributes: JsonObject,
     ) -> tuple[GroupRecord, bool]:
         """Create or update a group or a community."""
         return await self._store.put_group(
-            tenant_id, key, kind=kind, name=name, community=community, attributes=attributes,
+            tenant_id,
+            key,
+            kind=kind,
+            name=name,
+            community=community,
+            attributes=attributes,
             now=self._clock.now(),
         )
 

@@ -9,14 +9,51 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from clarion.domain.channels import Channel
-from clarion.domain.notifications import EventSpec, InboxItem, JsonObject, StatusCounts
-from clarion.domain.statuses import Status, Transition
-from clarion.wire.outcomes import Outcome
+from clarion.domain.notifications import EventSpec, JsonObject
+from clarion.domain.outcomes import Outcome
+from clarion.domain.records import (
+    Addressed,
+    ApiKeyInfo,
+    Claimed,
+    Completion,
+    EventReport,
+    GroupRecord,
+    Moved,
+    OutboxEntry,
+    RecipientReport,
+    Routed,
+    StoredEvent,
+    StoredKey,
+    UserFields,
+    UserRecord,
+)
+from clarion.domain.statuses import Status
+
+__all__ = [
+    "Addressed",
+    "ApiKeyInfo",
+    "Bus",
+    "Claimed",
+    "Clock",
+    "Completion",
+    "Envelope",
+    "EventReport",
+    "GroupRecord",
+    "Moved",
+    "OutboxEntry",
+    "RecipientReport",
+    "Routed",
+    "Store",
+    "StoredEvent",
+    "StoredKey",
+    "Transport",
+    "UserFields",
+    "UserRecord",
+]
 
 
 class Clock(Protocol):
@@ -28,174 +65,6 @@ class Clock(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# Records the store hands back
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKeyInfo:
-    """An API key as listed: never its secret, nor its digest."""
-
-    id: str
-    tenant_id: str
-    name: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKey:
-    """What authentication needs to know of a key id."""
-
-    tenant_id: str
-    digest: str
-    revoked: bool
-
-
-@dataclass(frozen=True, slots=True)
-class UserRecord:
-    """A recipient as the tenant described them."""
-
-    id: int
-    external_id: str
-    email: str | None
-    locale: str | None
-    timezone: str | None
-    attributes: JsonObject
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class UserFields:
-    """What a producer may set on a user."""
-
-    email: str | None = None
-    locale: str | None = None
-    timezone: str | None = None
-    attributes: JsonObject = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class GroupRecord:
-    """A group, or a community of groups."""
-
-    id: int
-    key: str
-    kind: str
-    name: str | None
-    community: str | None
-    attributes: JsonObject
-    member_count: int
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An accepted event, as stored."""
-
-    id: str
-    tenant_id: str
-    spec: EventSpec
-    fingerprint: str
-    state: str
-    created_at: datetime
-    routed_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """What routing one event wrote."""
-
-    tenant_id: str
-    notification_id: str
-    recipients: int
-    deliveries: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """A message committed with the change that caused it, waiting to go onto the bus."""
-
-    id: int
-    topic: str
-    payload: JsonObject
-
-
-@dataclass(frozen=True, slots=True)
-class Addressed:
-    """An inbox item with the internal id of the user it belongs to."""
-
-    user_id: int
-    item: InboxItem
-
-
-@dataclass(frozen=True, slots=True)
-class Moved:
-    """An item whose status a receipt changed, or would have changed."""
-
-    item_id: int
-    user_id: int
-    status: Status
-    changed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class EventReport:
-    """An event, its notification, and where its recipients and deliveries stand."""
-
-    event: StoredEvent
-    notification_id: str | None
-    recipients: StatusCounts
-    channels: dict[str, StatusCounts]
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryView:
-    """One delivery of an item, for reports."""
-
-    id: int
-    channel: str
-    endpoint: str
-    status: Status
-    attempts: int
-    error: str | None
-    trail: tuple[Transition, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientReport:
-    """One recipient's item for an event, its deliveries and the whole audit trail."""
-
-    item: InboxItem
-    trail: tuple[Transition, ...]
-    deliveries: tuple[DeliveryView, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A delivery a worker holds a lease on, with what it needs to send it."""
-
-    id: int
-    fence: int
-    tenant_id: str
-    channel: str
-    endpoint: str
-    attempts: int
-    item: InboxItem
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """What became of one claimed delivery."""
-
-    delivery_id: int
-    fence: int
-    outcome: Outcome
-    retry_at: datetime | None = None
-
-
-# ---------------------------------------------------------------------------------------------
 # Ports
 
 
@@ -204,7 +73,13 @@ class Store(Protocol):
 
     # tenants and keys
     async def create_tenant(
-        self, *, tenant_id: str, name: str, token_secret: str, key_id: str, key_digest: str,
+        self,
+        *,
+        tenant_id: str,
+        name: str,
+        token_secret: str,
+        key_id: str,
+        key_digest: str,
         now: datetime,
     ) -> None:
         """Create a tenant with its first API key."""
@@ -252,8 +127,15 @@ class Store(Protocol):
         ...
 
     async def put_group(
-        self, tenant_id: str, key: str, *, kind: str, name: str | None, community: str | None,
-        attributes: JsonObject, now: datetime,
+        self,
+        tenant_id: str,
+        key: str,
+        *,
+        kind: str,
+        name: str | None,
+        community: str | None,
+        attributes: JsonObject,
+        now: datetime,
     ) -> tuple[GroupRecord, bool]:
         """Create or update a group or community; the flag says whether it was created.
 
@@ -284,8 +166,14 @@ class Store(Protocol):
 
     # events
     async def insert_event(
-        self, *, tenant_id: str, event_id: str, spec: EventSpec, idempotency_key: str | None,
-        fingerprint: str, now: datetime,
+        self,
+        *,
+        tenant_id: str,
+        event_id: str,
+        spec: EventSpec,
+        idempotency_key: str | None,
+        fingerprint: str,
+        now: datetime,
     ) -> StoredEvent:
         """Store the event and its outbox entry together, or return the event that already
         holds this idempotency key (the caller compares fingerprints)."""
@@ -296,8 +184,12 @@ class Store(Protocol):
         ...
 
     async def route_event(
-        self, event_id: str, *, notification_id: str,
-        channels: Callable[[EventSpec], Sequence[Channel]], now: datetime,
+        self,
+        event_id: str,
+        *,
+        notification_id: str,
+        channels: Callable[[EventSpec], Sequence[Channel]],
+        now: datetime,
     ) -> Routed | None:
         """Expand the recipients, create unknown users, and write the notification, one inbox
         item per recipient and one delivery per recipient and channel, all set-based in one
@@ -339,8 +231,15 @@ class Store(Protocol):
         ...
 
     async def apply_receipt(
-        self, tenant_id: str, user_id: int, item_id: int, target: Status, *,
-        channel: Channel | None, cause: str, now: datetime,
+        self,
+        tenant_id: str,
+        user_id: int,
+        item_id: int,
+        target: Status,
+        *,
+        channel: Channel | None,
+        cause: str,
+        now: datetime,
     ) -> Moved | None:
         """Advance the user's item (and its delivery on `channel`) towards `target`.
         None when the item is not this user's."""
@@ -413,4 +312,3 @@ class Transport(Protocol):
     async def send(self, batch: Sequence[Claimed]) -> Sequence[Outcome]:
         """One outcome per delivery, in order. Never raises for a provider's answer."""
         ...
-

@@ -26,7 +26,13 @@ class Relay:
     """Moves outbox entries onto the bus."""
 
     def __init__(
-        self, store: Store, bus: Bus, clock: Clock, *, batch: int, interval: float,
+        self,
+        store: Store,
+        bus: Bus,
+        clock: Clock,
+        *,
+        batch: int,
+        interval: float,
         redeliver_after: float,
     ) -> None:
         self._store = store

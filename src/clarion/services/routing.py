@@ -35,14 +35,18 @@ class Routing:
         log.info(
             "event routed",
             extra={
-                "action": "event_routed", "tenant": routed.tenant_id, "event_id": event_id,
-                "recipients": routed.recipients, "deliveries": routed.deliveries,
+                "action": "event_routed",
+                "tenant": routed.tenant_id,
+                "event_id": event_id,
+                "recipients": routed.recipients,
+                "deliveries": routed.deliveries,
             },
         )
         await self._bus.broadcast(
             REALTIME_CHANNEL,
             {
-                "kind": "routed", "tenant_id": routed.tenant_id,
+                "kind": "routed",
+                "tenant_id": routed.tenant_id,
                 "notification_id": routed.notification_id,
             },
         )

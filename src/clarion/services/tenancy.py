@@ -41,8 +41,12 @@ class Tenancy:
         key_id, api_key = _new_key()
         token_secret = secrets.token_urlsafe(32)
         await self._store.create_tenant(
-            tenant_id=tenant_id, name=name, token_secret=token_secret, key_id=key_id,
-            key_digest=keys.digest(api_key), now=self._clock.now(),
+            tenant_id=tenant_id,
+            name=name,
+            token_secret=token_secret,
+            key_id=key_id,
+            key_digest=keys.digest(api_key),
+            now=self._clock.now(),
         )
         return NewTenant(tenant_id=tenant_id, api_key=api_key, user_token_secret=token_secret)
 
@@ -54,7 +58,10 @@ class Tenancy:
         """
         key_id, api_key = _new_key()
         added = await self._store.add_key(
-            tenant_id=tenant_id, key_id=key_id, name=name, digest=keys.digest(api_key),
+            tenant_id=tenant_id,
+            key_id=key_id,
+            name=name,
+            digest=keys.digest(api_key),
             now=self._clock.now(),
         )
         if not added:

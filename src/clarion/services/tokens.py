@@ -39,8 +39,15 @@ class UserTokens:
     """Issues and verifies user tokens."""
 
     def __init__(
-        self, store: Store, clock: Clock, *, issuer: str, audience: str, default_ttl: int,
-        max_ttl: int, leeway: int,
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        issuer: str,
+        audience: str,
+        default_ttl: int,
+        max_ttl: int,
+        leeway: int,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -65,8 +72,13 @@ class UserTokens:
         now = self._clock.now()
         expires = now + timedelta(seconds=ttl)
         claims = {
-            "iss": self._issuer, "aud": self._audience, "sub": user, "tid": tenant_id,
-            "iat": int(now.timestamp()), "nbf": int(now.timestamp()), "exp": int(expires.timestamp()),
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": user,
+            "tid": tenant_id,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
         }
         token = jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": tenant_id})
         return IssuedToken(token=token, expires_at=expires.replace(microsecond=0))
@@ -89,8 +101,12 @@ class UserTokens:
             raise errors.InvalidUserToken("token is not a Clarion user token")
         try:
             claims = jwt.decode(
-                token, secret, algorithms=[ALGORITHM], audience=self._audience,
-                issuer=self._issuer, leeway=self._leeway,
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "tid", "aud", "iss"]},
             )
         except jwt.ExpiredSignatureError as exc:

@@ -1,1 +1,4 @@
-"""Sans-I/O protocols: build what goes on the wire, classify what comes back. No sockets, no clock."""
+"""Sans-I/O protocols: build what goes on the wire, classify what comes back.
+
+No sockets, no clock, no asyncio.
+"""

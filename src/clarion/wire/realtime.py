@@ -26,8 +26,8 @@ from clarion.domain.statuses import Status
 SUBPROTOCOL = "clarion.v1"
 """The subprotocol the gateway speaks; a client offering it may also offer its token beside it."""
 
-TOKEN_SUBPROTOCOL_PREFIX = "clarion.token."
-"""A client may offer ``clarion.token.<token>`` as a subprotocol instead of sending an auth frame."""
+TOKEN_SUBPROTOCOL_PREFIX = "clarion.token."  # noqa: S105 - a prefix, not a secret
+"""A client may offer ``clarion.token.<token>`` as a subprotocol instead of an auth frame."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,9 @@ class MemoryBus:
     """Streams and broadcasts inside one process."""
 
     def __init__(
-        self, *, stream_capacity: int = STREAM_CAPACITY,
+        self,
+        *,
+        stream_capacity: int = STREAM_CAPACITY,
         listener_capacity: int = LISTENER_CAPACITY,
     ) -> None:
         self._stream_capacity = stream_capacity

@@ -35,12 +35,10 @@ from clarion.adapters.storage.tables import (
     transitions,
     users,
 )
-from clarion.domain import errors
+from clarion.domain import errors, outcomes, records as ports
 from clarion.domain.channels import REALTIME, Channel
 from clarion.domain.notifications import EventSpec, InboxItem, JsonObject, StatusCounts
 from clarion.domain.statuses import Status, Subject, Transition, sources_of, timestamp_field
-from clarion.services import ports
-from clarion.wire import outcomes
 
 EVENTS_STREAM = "events"
 """The outbox topic that carries accepted events to the router."""
@@ -96,7 +94,13 @@ class SqlStore:
     # tenants and keys
 
     async def create_tenant(
-        self, *, tenant_id: str, name: str, token_secret: str, key_id: str, key_digest: str,
+        self,
+        *,
+        tenant_id: str,
+        name: str,
+        token_secret: str,
+        key_id: str,
+        key_digest: str,
         now: datetime,
     ) -> None:
         sealed = self._sealer.seal(token_secret, owner=f"tenant:{tenant_id}")
@@ -108,7 +112,10 @@ class SqlStore:
             )
             await conn.execute(
                 api_keys.insert().values(
-                    id=key_id, tenant_id=tenant_id, name="default", digest=key_digest,
+                    id=key_id,
+                    tenant_id=tenant_id,
+                    name="default",
+                    digest=key_digest,
                     created_at=now,
                 )
             )
@@ -160,7 +167,10 @@ class SqlStore:
             )
             return [
                 ports.ApiKeyInfo(
-                    id=r.id, tenant_id=r.tenant_id, name=r.name, created_at=r.created_at,
+                    id=r.id,
+                    tenant_id=r.tenant_id,
+                    name=r.name,
+                    created_at=r.created_at,
                     revoked_at=r.revoked_at,
                 )
                 for r in rows
@@ -229,8 +239,13 @@ class SqlStore:
         if row is None:
             return None
         return ports.UserRecord(
-            id=row.id, external_id=row.external_id, email=row.email, locale=row.locale,
-            timezone=row.timezone, attributes=row.attributes, created_at=row.created_at,
+            id=row.id,
+            external_id=row.external_id,
+            email=row.email,
+            locale=row.locale,
+            timezone=row.timezone,
+            attributes=row.attributes,
+            created_at=row.created_at,
             updated_at=row.updated_at,
         )
 
@@ -250,7 +265,10 @@ class SqlStore:
     ) -> None:
         rows = [
             {
-                "tenant_id": tenant_id, "external_id": ext, "attributes": {}, "created_at": now,
+                "tenant_id": tenant_id,
+                "external_id": ext,
+                "attributes": {},
+                "created_at": now,
                 "updated_at": now,
             }
             for ext in external_ids
@@ -295,8 +313,15 @@ class SqlStore:
         return True
 
     async def put_group(
-        self, tenant_id: str, key: str, *, kind: str, name: str | None, community: str | None,
-        attributes: JsonObject, now: datetime,
+        self,
+        tenant_id: str,
+        key: str,
+        *,
+        kind: str,
+        name: str | None,
+        community: str | None,
+        attributes: JsonObject,
+        now: datetime,
     ) -> tuple[ports.GroupRecord, bool]:
         async with self._write() as conn:
             community_id = None
@@ -311,7 +336,9 @@ class SqlStore:
                 if parent is None:
                     raise errors.UnknownCommunity(f"community {community!r} does not exist")
                 if parent.kind != "community" or kind != "group":
-                    raise errors.GroupKindMismatch("only a group can belong, and only to a community")
+                    raise errors.GroupKindMismatch(
+                        "only a group can belong, and only to a community"
+                    )
                 community_id = parent.id
             current = (
                 await conn.execute(
@@ -323,7 +350,9 @@ class SqlStore:
                 )
             ).first()
             values = {
-                "name": name, "community_id": community_id, "attributes": attributes,
+                "name": name,
+                "community_id": community_id,
+                "attributes": attributes,
                 "updated_at": now,
             }
             if current is None:
@@ -337,7 +366,9 @@ class SqlStore:
                     raise errors.GroupKindMismatch(
                         f"{key!r} is a {current.kind}; its kind cannot change"
                     )
-                await conn.execute(groups.update().where(groups.c.id == current.id).values(**values))
+                await conn.execute(
+                    groups.update().where(groups.c.id == current.id).values(**values)
+                )
             record = await self._group(conn, tenant_id, key)
         assert record is not None
         return record, current is None
@@ -366,8 +397,14 @@ class SqlStore:
         if row is None:
             return None
         return ports.GroupRecord(
-            id=row.id, key=row.key, kind=row.kind, name=row.name, community=row.community_key,
-            attributes=row.attributes, member_count=row.members, created_at=row.created_at,
+            id=row.id,
+            key=row.key,
+            kind=row.kind,
+            name=row.name,
+            community=row.community_key,
+            attributes=row.attributes,
+            member_count=row.members,
+            created_at=row.created_at,
             updated_at=row.updated_at,
         )
 
@@ -431,8 +468,14 @@ class SqlStore:
     # events
 
     async def insert_event(
-        self, *, tenant_id: str, event_id: str, spec: EventSpec, idempotency_key: str | None,
-        fingerprint: str, now: datetime,
+        self,
+        *,
+        tenant_id: str,
+        event_id: str,
+        spec: EventSpec,
+        idempotency_key: str | None,
+        fingerprint: str,
+        now: datetime,
     ) -> ports.StoredEvent:
         try:
             async with self._write() as conn:
@@ -442,9 +485,14 @@ class SqlStore:
                         return earlier
                 await conn.execute(
                     events.insert().values(
-                        id=event_id, tenant_id=tenant_id, type=spec.type, payload=spec.to_json(),
-                        idempotency_key=idempotency_key, fingerprint=fingerprint,
-                        state="accepted", created_at=now,
+                        id=event_id,
+                        tenant_id=tenant_id,
+                        type=spec.type,
+                        payload=spec.to_json(),
+                        idempotency_key=idempotency_key,
+                        fingerprint=fingerprint,
+                        state="accepted",
+                        created_at=now,
                     )
                 )
                 await conn.execute(
@@ -465,8 +513,13 @@ class SqlStore:
                 raise
             return earlier
         return ports.StoredEvent(
-            id=event_id, tenant_id=tenant_id, spec=spec, fingerprint=fingerprint,
-            state="accepted", created_at=now, routed_at=None,
+            id=event_id,
+            tenant_id=tenant_id,
+            spec=spec,
+            fingerprint=fingerprint,
+            state="accepted",
+            created_at=now,
+            routed_at=None,
         )
 
     async def _event_by_key(
@@ -485,14 +538,20 @@ class SqlStore:
         async with self._read() as conn:
             row = (
                 await conn.execute(
-                    sa.select(events).where(events.c.tenant_id == tenant_id, events.c.id == event_id)
+                    sa.select(events).where(
+                        events.c.tenant_id == tenant_id, events.c.id == event_id
+                    )
                 )
             ).first()
         return None if row is None else _stored_event(row)
 
     async def route_event(
-        self, event_id: str, *, notification_id: str,
-        channels: Callable[[EventSpec], Sequence[Channel]], now: datetime,
+        self,
+        event_id: str,
+        *,
+        notification_id: str,
+        channels: Callable[[EventSpec], Sequence[Channel]],
+        now: datetime,
     ) -> ports.Routed | None:
         async with self._write() as conn:
             row = (
@@ -511,29 +570,58 @@ class SqlStore:
                 )
             await conn.execute(
                 notifications.insert().values(
-                    id=notification_id, tenant_id=tenant_id, event_id=event_id, type=spec.type,
-                    title=spec.title, body=spec.body, data=spec.data, category=spec.category,
-                    group_key=spec.group, created_at=now,
+                    id=notification_id,
+                    tenant_id=tenant_id,
+                    event_id=event_id,
+                    type=spec.type,
+                    title=spec.title,
+                    body=spec.body,
+                    data=spec.data,
+                    category=spec.category,
+                    group_key=spec.group,
+                    created_at=now,
                 )
             )
             audience = _audience(tenant_id, spec)
             await conn.execute(
                 inbox_items.insert().from_select(
-                    ["tenant_id", "notification_id", "user_id", "status", "category", "group_key",
-                     "created_at"],
+                    [
+                        "tenant_id",
+                        "notification_id",
+                        "user_id",
+                        "status",
+                        "category",
+                        "group_key",
+                        "created_at",
+                    ],
                     sa.select(
-                        sa.literal(tenant_id), sa.literal(notification_id), audience.c.user_id,
-                        sa.literal(str(Status.PENDING)), sa.literal(spec.category, Key),
-                        sa.literal(spec.group, Key), sa.literal(now, UtcNow),
+                        sa.literal(tenant_id),
+                        sa.literal(notification_id),
+                        audience.c.user_id,
+                        sa.literal(str(Status.PENDING)),
+                        sa.literal(spec.category, Key),
+                        sa.literal(spec.group, Key),
+                        sa.literal(now, UtcNow),
                     ),
                 )
             )
             for channel in dict.fromkeys(channels(spec)):
                 await conn.execute(
                     deliveries.insert().from_select(
-                        ["tenant_id", "notification_id", "item_id", "user_id", "channel",
-                         "endpoint", "status", "attempts", "next_attempt_at", "fence",
-                         "created_at", "updated_at"],
+                        [
+                            "tenant_id",
+                            "notification_id",
+                            "item_id",
+                            "user_id",
+                            "channel",
+                            "endpoint",
+                            "status",
+                            "attempts",
+                            "next_attempt_at",
+                            "fence",
+                            "created_at",
+                            "updated_at",
+                        ],
                         _delivery_rows(tenant_id, notification_id, channel, now),
                     )
                 )
@@ -548,7 +636,9 @@ class SqlStore:
                 sa.select(sa.func.count()).where(deliveries.c.notification_id == notification_id)
             )
         return ports.Routed(
-            tenant_id=tenant_id, notification_id=notification_id, recipients=recipients or 0,
+            tenant_id=tenant_id,
+            notification_id=notification_id,
+            recipients=recipients or 0,
             deliveries=sent_on or 0,
         )
 
@@ -560,8 +650,12 @@ class SqlStore:
                 transitions.insert().from_select(
                     ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
                     sa.select(
-                        sa.literal(tenant_id), sa.literal(str(subject)), table.c.id,
-                        sa.null(), sa.literal(str(Status.PENDING)), sa.literal("routed"),
+                        sa.literal(tenant_id),
+                        sa.literal(str(subject)),
+                        table.c.id,
+                        sa.null(),
+                        sa.literal(str(Status.PENDING)),
+                        sa.literal("routed"),
                         sa.literal(now, UtcNow),
                     ).where(table.c.notification_id == notification_id),
                 )
@@ -658,8 +752,14 @@ class SqlStore:
                 )
                 items = [(r.id, Status(r.status)) for r in rows]
                 moved += await self._move(
-                    conn, tenant_id, inbox_items, Subject.ITEM, items, Status.SENT,
-                    cause=str(channel), now=now,
+                    conn,
+                    tenant_id,
+                    inbox_items,
+                    Subject.ITEM,
+                    items,
+                    Status.SENT,
+                    cause=str(channel),
+                    now=now,
                 )
                 rows = await conn.execute(
                     self._locked(
@@ -671,15 +771,29 @@ class SqlStore:
                     )
                 )
                 await self._move(
-                    conn, tenant_id, deliveries, Subject.DELIVERY,
-                    [(r.id, Status(r.status)) for r in rows], Status.SENT, cause=str(channel),
-                    now=now, extra={"attempts": deliveries.c.attempts + 1},
+                    conn,
+                    tenant_id,
+                    deliveries,
+                    Subject.DELIVERY,
+                    [(r.id, Status(r.status)) for r in rows],
+                    Status.SENT,
+                    cause=str(channel),
+                    now=now,
+                    extra={"attempts": deliveries.c.attempts + 1},
                 )
         return moved
 
     async def _move(
-        self, conn: AsyncConnection, tenant_id: str, table: sa.Table, subject: Subject,
-        current: Iterable[tuple[int, Status]], target: Status, *, cause: str, now: datetime,
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        table: sa.Table,
+        subject: Subject,
+        current: Iterable[tuple[int, Status]],
+        target: Status,
+        *,
+        cause: str,
+        now: datetime,
         extra: dict[str, Any] | None = None,
     ) -> list[int]:
         """Move the rows that may move to `target` and record each move. The ids moved."""
@@ -705,8 +819,13 @@ class SqlStore:
             transitions.insert(),
             [
                 {
-                    "tenant_id": tenant_id, "subject": str(subject), "subject_id": i,
-                    "source": str(s), "target": str(target), "cause": cause, "at": now,
+                    "tenant_id": tenant_id,
+                    "subject": str(subject),
+                    "subject_id": i,
+                    "source": str(s),
+                    "target": str(target),
+                    "cause": cause,
+                    "at": now,
                 }
                 for i, s in movable
             ],
@@ -714,8 +833,15 @@ class SqlStore:
         return ids
 
     async def apply_receipt(
-        self, tenant_id: str, user_id: int, item_id: int, target: Status, *,
-        channel: Channel | None, cause: str, now: datetime,
+        self,
+        tenant_id: str,
+        user_id: int,
+        item_id: int,
+        target: Status,
+        *,
+        channel: Channel | None,
+        cause: str,
+        now: datetime,
     ) -> ports.Moved | None:
         async with self._write() as conn:
             row = (
@@ -733,8 +859,14 @@ class SqlStore:
                 return None
             before = Status(row.status)
             moved = await self._move(
-                conn, tenant_id, inbox_items, Subject.ITEM, [(row.id, before)], target,
-                cause=cause, now=now,
+                conn,
+                tenant_id,
+                inbox_items,
+                Subject.ITEM,
+                [(row.id, before)],
+                target,
+                cause=cause,
+                now=now,
             )
             if channel is not None:
                 rows = await conn.execute(
@@ -746,11 +878,19 @@ class SqlStore:
                     )
                 )
                 await self._move(
-                    conn, tenant_id, deliveries, Subject.DELIVERY,
-                    [(r.id, Status(r.status)) for r in rows], target, cause=cause, now=now,
+                    conn,
+                    tenant_id,
+                    deliveries,
+                    Subject.DELIVERY,
+                    [(r.id, Status(r.status)) for r in rows],
+                    target,
+                    cause=cause,
+                    now=now,
                 )
         return ports.Moved(
-            item_id=item_id, user_id=user_id, status=target if moved else before,
+            item_id=item_id,
+            user_id=user_id,
+            status=target if moved else before,
             changed=bool(moved),
         )
 
@@ -761,7 +901,9 @@ class SqlStore:
         async with self._read() as conn:
             row = (
                 await conn.execute(
-                    sa.select(events).where(events.c.tenant_id == tenant_id, events.c.id == event_id)
+                    sa.select(events).where(
+                        events.c.tenant_id == tenant_id, events.c.id == event_id
+                    )
                 )
             ).first()
             if row is None:
@@ -816,15 +958,21 @@ class SqlStore:
                 )
             ).all()
             trails = await self._trails(
-                conn, tenant_id, [(Subject.ITEM, item.id)] + [(Subject.DELIVERY, r.id) for r in rows]
+                conn,
+                tenant_id,
+                [(Subject.ITEM, item.id)] + [(Subject.DELIVERY, r.id) for r in rows],
             )
         return ports.RecipientReport(
             item=item,
             trail=tuple(trails.get((Subject.ITEM, item.id), ())),
             deliveries=tuple(
                 ports.DeliveryView(
-                    id=r.id, channel=r.channel, endpoint=r.endpoint, status=Status(r.status),
-                    attempts=r.attempts, error=r.error,
+                    id=r.id,
+                    channel=r.channel,
+                    endpoint=r.endpoint,
+                    status=Status(r.status),
+                    attempts=r.attempts,
+                    error=r.error,
                     trail=tuple(trails.get((Subject.DELIVERY, r.id), ())),
                 )
                 for r in rows
@@ -850,9 +998,12 @@ class SqlStore:
             subject = Subject(r.subject)
             trails.setdefault((subject, r.subject_id), []).append(
                 Transition(
-                    subject=subject, subject_id=r.subject_id,
+                    subject=subject,
+                    subject_id=r.subject_id,
                     source=None if r.source is None else Status(r.source),
-                    target=Status(r.target), cause=r.cause, at=r.at,
+                    target=Status(r.target),
+                    cause=r.cause,
+                    at=r.at,
                 )
             )
         return trails
@@ -890,8 +1041,12 @@ class SqlStore:
                         updated_at=now,
                     )
                     .returning(
-                        deliveries.c.id, deliveries.c.fence, deliveries.c.tenant_id,
-                        deliveries.c.endpoint, deliveries.c.attempts, deliveries.c.item_id,
+                        deliveries.c.id,
+                        deliveries.c.fence,
+                        deliveries.c.tenant_id,
+                        deliveries.c.endpoint,
+                        deliveries.c.attempts,
+                        deliveries.c.item_id,
                     )
                 )
             ).all()
@@ -901,8 +1056,13 @@ class SqlStore:
                 by_item.update((r.id, _addressed(r).item) for r in rows)
         return [
             ports.Claimed(
-                id=r.id, fence=r.fence, tenant_id=r.tenant_id, channel=str(channel),
-                endpoint=r.endpoint, attempts=r.attempts, item=by_item[r.item_id],
+                id=r.id,
+                fence=r.fence,
+                tenant_id=r.tenant_id,
+                channel=str(channel),
+                endpoint=r.endpoint,
+                attempts=r.attempts,
+                item=by_item[r.item_id],
             )
             for r in sorted(claimed, key=lambda r: r.id)
         ]
@@ -919,8 +1079,12 @@ class SqlStore:
                 await conn.execute(
                     self._locked(
                         sa.select(
-                            deliveries.c.id, deliveries.c.fence, deliveries.c.status,
-                            deliveries.c.tenant_id, deliveries.c.item_id, deliveries.c.endpoint,
+                            deliveries.c.id,
+                            deliveries.c.fence,
+                            deliveries.c.status,
+                            deliveries.c.tenant_id,
+                            deliveries.c.item_id,
+                            deliveries.c.endpoint,
                             deliveries.c.channel,
                         ).where(deliveries.c.id.in_(list(wanted)))
                     )
@@ -928,8 +1092,7 @@ class SqlStore:
             ).all()
             # A completion counts only from the lease holder: same fence, still pending.
             live = [
-                r for r in rows
-                if r.fence == wanted[r.id].fence and r.status == str(Status.PENDING)
+                r for r in rows if r.fence == wanted[r.id].fence and r.status == str(Status.PENDING)
             ]
             for r in live:
                 completion = wanted[r.id]
@@ -938,27 +1101,47 @@ class SqlStore:
                 common = {"lease_expires_at": None}
                 if isinstance(outcome, outcomes.Delivered):
                     await self._move(
-                        conn, r.tenant_id, deliveries, Subject.DELIVERY, current, Status.SENT,
-                        cause=r.channel, now=now, extra={**common, "reference": outcome.reference},
+                        conn,
+                        r.tenant_id,
+                        deliveries,
+                        Subject.DELIVERY,
+                        current,
+                        Status.SENT,
+                        cause=r.channel,
+                        now=now,
+                        extra={**common, "reference": outcome.reference},
                     )
                     await self._move(
-                        conn, r.tenant_id, inbox_items, Subject.ITEM,
-                        [(r.item_id, await self._status_of(conn, r.item_id))], Status.SENT,
-                        cause=r.channel, now=now,
+                        conn,
+                        r.tenant_id,
+                        inbox_items,
+                        Subject.ITEM,
+                        [(r.item_id, await self._status_of(conn, r.item_id))],
+                        Status.SENT,
+                        cause=r.channel,
+                        now=now,
                     )
                 elif isinstance(outcome, outcomes.RetryLater | outcomes.AuthFailed):
                     await conn.execute(
                         deliveries.update()
                         .where(deliveries.c.id == r.id)
                         .values(
-                            next_attempt_at=completion.retry_at or now, error=outcome.reason[:500],
-                            updated_at=now, **common,
+                            next_attempt_at=completion.retry_at or now,
+                            error=outcome.reason[:500],
+                            updated_at=now,
+                            **common,
                         )
                     )
                 else:
                     await self._move(
-                        conn, r.tenant_id, deliveries, Subject.DELIVERY, current, Status.FAILED,
-                        cause=outcome.reason[:64], now=now,
+                        conn,
+                        r.tenant_id,
+                        deliveries,
+                        Subject.DELIVERY,
+                        current,
+                        Status.FAILED,
+                        cause=outcome.reason[:64],
+                        now=now,
                         extra={**common, "error": outcome.reason[:500]},
                     )
                     if isinstance(outcome, outcomes.TokenInvalid) and r.channel in _PUSH_PROVIDERS:
@@ -966,8 +1149,10 @@ class SqlStore:
                             devices.update()
                             .where(devices.c.id == int(r.endpoint), devices.c.status == "active")
                             .values(
-                                status="retired", retired_at=now,
-                                retired_reason=outcome.reason[:200], updated_at=now,
+                                status="retired",
+                                retired_at=now,
+                                retired_reason=outcome.reason[:200],
+                                updated_at=now,
                             )
                         )
                     await self._fail_item_if_unreachable(conn, r.tenant_id, r.item_id, now)
@@ -975,8 +1160,10 @@ class SqlStore:
         return applied
 
     async def _status_of(self, conn: AsyncConnection, item_id: int) -> Status:
-        status = await conn.scalar(sa.select(inbox_items.c.status).where(inbox_items.c.id == item_id))
-        return Status(status)
+        status = await conn.scalar(
+            sa.select(inbox_items.c.status).where(inbox_items.c.id == item_id)
+        )
+        return Status(str(status))
 
     async def _fail_item_if_unreachable(
         self, conn: AsyncConnection, tenant_id: str, item_id: int, now: datetime
@@ -989,9 +1176,14 @@ class SqlStore:
         )
         if not open_left:
             await self._move(
-                conn, tenant_id, inbox_items, Subject.ITEM,
-                [(item_id, await self._status_of(conn, item_id))], Status.FAILED,
-                cause="unreachable", now=now,
+                conn,
+                tenant_id,
+                inbox_items,
+                Subject.ITEM,
+                [(item_id, await self._status_of(conn, item_id))],
+                Status.FAILED,
+                cause="unreachable",
+                now=now,
             )
 
 
@@ -1049,38 +1241,56 @@ def _delivery_rows(
     tenant_id: str, notification_id: str, channel: Channel, now: datetime
 ) -> sa.Select[Any]:
     """One delivery per item and endpoint of `channel` the recipient has."""
-    base = [
-        sa.literal(tenant_id), sa.literal(notification_id), inbox_items.c.id,
-        inbox_items.c.user_id, sa.literal(str(channel)),
+    base: list[Any] = [
+        sa.literal(tenant_id),
+        sa.literal(notification_id),
+        inbox_items.c.id,
+        inbox_items.c.user_id,
+        sa.literal(str(channel)),
     ]
-    tail = [
-        sa.literal(str(Status.PENDING)), sa.literal(0), sa.literal(now, UtcNow), sa.literal(0),
-        sa.literal(now, UtcNow), sa.literal(now, UtcNow),
+    tail: list[Any] = [
+        sa.literal(str(Status.PENDING)),
+        sa.literal(0),
+        sa.literal(now, UtcNow),
+        sa.literal(0),
+        sa.literal(now, UtcNow),
+        sa.literal(now, UtcNow),
     ]
     mine = inbox_items.c.notification_id == notification_id
     if channel in REALTIME:
         return sa.select(*base, sa.literal(""), *tail).where(mine)
     if channel == Channel.EMAIL:
+        columns: list[Any] = [*base, users.c.email, *tail]
         return (
-            sa.select(*base, users.c.email, *tail)
+            sa.select(*columns)
             .join(users, users.c.id == inbox_items.c.user_id)
             .where(mine, users.c.email.is_not(None))
         )
+    columns = [*base, sa.cast(devices.c.id, sa.String()), *tail]
     return (
-        sa.select(*base, sa.cast(devices.c.id, sa.String), *tail)
+        sa.select(*columns)
         .join(devices, devices.c.user_id == inbox_items.c.user_id)
         .where(mine, devices.c.provider == str(channel), devices.c.status == "active")
     )
 
 
 def _item_query() -> sa.Select[Any]:
-    return sa.select(
-        inbox_items.c.id, inbox_items.c.user_id, inbox_items.c.status,
-        inbox_items.c.created_at, notifications.c.id.label("notification_id"),
-        notifications.c.event_id, notifications.c.type, notifications.c.title,
-        notifications.c.body, notifications.c.data, notifications.c.category,
-        notifications.c.group_key, users.c.external_id,
-    ).select_from(
+    columns: list[Any] = [
+        inbox_items.c.id,
+        inbox_items.c.user_id,
+        inbox_items.c.status,
+        inbox_items.c.created_at,
+        notifications.c.id.label("notification_id"),
+        notifications.c.event_id,
+        notifications.c.type,
+        notifications.c.title,
+        notifications.c.body,
+        notifications.c.data,
+        notifications.c.category,
+        notifications.c.group_key,
+        users.c.external_id,
+    ]
+    return sa.select(*columns).select_from(
         inbox_items.join(notifications, notifications.c.id == inbox_items.c.notification_id).join(
             users, users.c.id == inbox_items.c.user_id
         )
@@ -1091,9 +1301,17 @@ def _addressed(row: Any) -> ports.Addressed:
     return ports.Addressed(
         user_id=row.user_id,
         item=InboxItem(
-            id=row.id, notification_id=row.notification_id, event_id=row.event_id,
-            user=row.external_id, status=Status(row.status), type=row.type, title=row.title,
-            body=row.body, data=row.data, category=row.category, group=row.group_key,
+            id=row.id,
+            notification_id=row.notification_id,
+            event_id=row.event_id,
+            user=row.external_id,
+            status=Status(row.status),
+            type=row.type,
+            title=row.title,
+            body=row.body,
+            data=row.data,
+            category=row.category,
+            group=row.group_key,
             created_at=row.created_at,
         ),
     )
@@ -1101,8 +1319,12 @@ def _addressed(row: Any) -> ports.Addressed:
 
 def _stored_event(row: Any) -> ports.StoredEvent:
     return ports.StoredEvent(
-        id=row.id, tenant_id=row.tenant_id, spec=EventSpec.from_json(row.payload),
-        fingerprint=row.fingerprint, state=row.state, created_at=row.created_at,
+        id=row.id,
+        tenant_id=row.tenant_id,
+        spec=EventSpec.from_json(row.payload),
+        fingerprint=row.fingerprint,
+        state=row.state,
+        created_at=row.created_at,
         routed_at=row.routed_at,
     )
 

@@ -120,9 +120,7 @@ groups = sa.Table(
 memberships = sa.Table(
     "memberships",
     metadata,
-    sa.Column(
-        "group_id", BigId, sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("group_id", BigId, sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Index(None, "user_id"),

@@ -54,7 +54,9 @@ class BodyLimit:
                 break
         body = b"".join(chunks)
         if body and not (content_type == b"application/json" or content_type.endswith(b"+json")):
-            await self._refuse(send, 415, "unsupported_media_type", "send the body as application/json")
+            await self._refuse(
+                send, 415, "unsupported_media_type", "send the body as application/json"
+            )
             return
         await self._app(scope, _replay([body], None, receive), send)
 

@@ -146,7 +146,9 @@ class UserIn(Input):
     """What a producer says about a user; a PUT replaces all of it."""
 
     email: Annotated[str, Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
-    locale: Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")] | None = None
+    locale: (
+        Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")] | None
+    ) = None
     timezone: Annotated[str, AfterValidator(_timezone)] | None = None
     attributes: dict[str, Any] = {}
 

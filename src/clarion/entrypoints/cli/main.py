@@ -132,7 +132,11 @@ def key_create(
     settings = _settings(data_dir=data_dir)
     created = _run(settings, lambda c: c.tenancy.create_key(tenant, name))
     if as_json:
-        print(json.dumps({"id": created.id, "tenant_id": created.tenant_id, "api_key": created.api_key}))
+        print(
+            json.dumps(
+                {"id": created.id, "tenant_id": created.tenant_id, "api_key": created.api_key}
+            )
+        )
         return
     out.print(f"id       {created.id}")
     out.print(f"api_key  {created.api_key}")
@@ -152,7 +156,9 @@ def key_list(
             json.dumps(
                 [
                     {
-                        "id": k.id, "name": k.name, "created_at": k.created_at.isoformat(),
+                        "id": k.id,
+                        "name": k.name,
+                        "created_at": k.created_at.isoformat(),
                         "revoked_at": k.revoked_at and k.revoked_at.isoformat(),
                     }
                     for k in keys
@@ -162,7 +168,9 @@ def key_list(
         return
     table = Table("id", "name", "created", "revoked")
     for k in keys:
-        table.add_row(k.id, k.name, k.created_at.isoformat(), k.revoked_at and k.revoked_at.isoformat())
+        table.add_row(
+            k.id, k.name, k.created_at.isoformat(), k.revoked_at.isoformat() if k.revoked_at else ""
+        )
     out.print(table)
 
 

@@ -9,14 +9,15 @@ An item is recorded `sent` only once its frame was written to a socket, in batch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict, defaultdict
 from typing import Any
 
+from clarion.domain.statuses import Status
+from clarion.services.ports import Bus
 from clarion.services.realtime import Realtime
 from clarion.services.routing import REALTIME_CHANNEL
-from clarion.services.ports import Bus
-from clarion.domain.statuses import Status
 from clarion.wire import realtime as frames
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,6 @@ log = logging.getLogger(__name__)
 SEEN_IDS = 4096  # per session: enough to cover the overlap of a backlog and live frames
 FLUSH_SECONDS = 0.05  # how long a written frame may wait to be recorded `sent`
 FLUSH_BATCH = 500
-
-
-class SlowConsumer(Exception):
-    """A session's send queue overflowed."""
 
 
 class Session:
@@ -109,10 +106,8 @@ class Hub:
 
     async def _flush_until(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush.wait(), FLUSH_SECONDS)
-            except TimeoutError:
-                pass
             self._flush.clear()
             await self.flush()
         await self.flush()
@@ -123,7 +118,7 @@ class Hub:
                 try:
                     await self._dispatch(message)
                 except Exception:
-                    log.exception("realtime dispatch failed", extra={"message": message})
+                    log.exception("realtime dispatch failed", extra={"kind": message.get("kind")})
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         tenant_id = message.get("tenant_id")

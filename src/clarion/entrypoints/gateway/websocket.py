@@ -46,7 +46,9 @@ async def gateway(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_POLICY, "origin not allowed")
         return
     offered = list(websocket.scope.get("subprotocols", []))
-    await websocket.accept(subprotocol=frames.SUBPROTOCOL if frames.SUBPROTOCOL in offered else None)
+    await websocket.accept(
+        subprotocol=frames.SUBPROTOCOL if frames.SUBPROTOCOL in offered else None
+    )
     connection = _Connection(websocket, app, hub, settings)
     try:
         await connection.serve(frames.token_from_subprotocols(offered))
@@ -87,7 +89,8 @@ class _Connection:
             self._session = session
             session.offer(
                 frames.ready_frame(
-                    user=user, heartbeat_seconds=self._settings.heartbeat_seconds,
+                    user=user,
+                    heartbeat_seconds=self._settings.heartbeat_seconds,
                     idle_timeout_seconds=self._settings.idle_timeout_seconds,
                 )
             )
@@ -127,7 +130,8 @@ class _Connection:
             receive = asyncio.ensure_future(self._receive())
             overflow = asyncio.ensure_future(session.overflowed.wait())
             done, _ = await asyncio.wait(
-                {receive, overflow}, timeout=self._settings.idle_timeout_seconds,
+                {receive, overflow},
+                timeout=self._settings.idle_timeout_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             overflow.cancel()
@@ -144,7 +148,10 @@ class _Connection:
             frame = frames.parse_frame(text)
             if isinstance(frame, frames.Receipt):
                 moved = await self._app.acknowledging.report(
-                    session.tenant_id, session.user_id, frame.item_id, frame.status,
+                    session.tenant_id,
+                    session.user_id,
+                    frame.item_id,
+                    frame.status,
                     channel=Channel.WEBSOCKET,
                 )
                 session.offer(frames.ack_frame(moved.item_id, moved.status))

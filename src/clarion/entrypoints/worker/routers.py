@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from clarion.services.ports import Bus
 from clarion.services.relaying import EVENTS_STREAM
 from clarion.services.routing import Routing
-from clarion.services.ports import Bus
 
 log = logging.getLogger(__name__)
 

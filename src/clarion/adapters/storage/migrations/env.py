@@ -8,9 +8,7 @@ from clarion.adapters.storage.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError(
-        "run migrations with `clarion migrate`, which supplies the connection"
-    )
+    raise RuntimeError("run migrations with `clarion migrate`, which supplies the connection")
 
 context.configure(
     connection=connection,

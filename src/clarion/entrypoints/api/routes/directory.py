@@ -13,16 +13,25 @@ router = APIRouter(prefix="/v1", tags=["directory"])
 
 def _user(record: UserRecord) -> schemas.UserOut:
     return schemas.UserOut(
-        id=record.external_id, email=record.email, locale=record.locale,
-        timezone=record.timezone, attributes=record.attributes, created_at=record.created_at,
+        id=record.external_id,
+        email=record.email,
+        locale=record.locale,
+        timezone=record.timezone,
+        attributes=record.attributes,
+        created_at=record.created_at,
         updated_at=record.updated_at,
     )
 
 
 def _group(record: GroupRecord) -> schemas.GroupOut:
     return schemas.GroupOut(
-        key=record.key, kind=record.kind, name=record.name, community=record.community,
-        attributes=record.attributes, members=record.member_count, created_at=record.created_at,
+        key=record.key,
+        kind=record.kind,
+        name=record.name,
+        community=record.community,
+        attributes=record.attributes,
+        members=record.member_count,
+        created_at=record.created_at,
         updated_at=record.updated_at,
     )
 
@@ -35,9 +44,12 @@ async def put_user(
 ) -> schemas.UserOut:
     """Create (201) or replace (200) a user."""
     record, created = await app.directory.put_user(
-        tenant, user,
+        tenant,
+        user,
         UserFields(
-            email=body.email, locale=body.locale, timezone=body.timezone,
+            email=body.email,
+            locale=body.locale,
+            timezone=body.timezone,
             attributes=body.attributes,
         ),
     )
@@ -66,7 +78,11 @@ async def put_group(
 ) -> schemas.GroupOut:
     """Create (201) or update (200) a group or community. A group may name its community."""
     record, created = await app.directory.put_group(
-        tenant, group, kind=body.kind, name=body.name, community=body.community,
+        tenant,
+        group,
+        kind=body.kind,
+        name=body.name,
+        community=body.community,
         attributes=body.attributes,
     )
     response.status_code = 201 if created else 200

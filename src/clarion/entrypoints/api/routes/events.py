@@ -57,8 +57,12 @@ async def get_event(event_id: str, app: App, tenant: Tenant) -> schemas.EventOut
     notification = None
     if report.notification_id is not None:
         notification = schemas.NotificationOut(
-            id=report.notification_id, title=spec.title, body=spec.body, data=spec.data,
-            category=spec.category, group=spec.group,
+            id=report.notification_id,
+            title=spec.title,
+            body=spec.body,
+            data=spec.data,
+            category=spec.category,
+            group=spec.group,
         )
     return schemas.EventOut(
         id=report.event.id,
@@ -90,7 +94,11 @@ async def get_recipient(
         trail=[schemas.TransitionOut.of(t) for t in report.trail],
         deliveries=[
             schemas.DeliveryOut(
-                id=d.id, channel=d.channel, status=d.status, attempts=d.attempts, error=d.error,
+                id=d.id,
+                channel=d.channel,
+                status=d.status,
+                attempts=d.attempts,
+                error=d.error,
                 trail=[schemas.TransitionOut.of(t) for t in d.trail],
             )
             for d in report.deliveries

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
 from sqlalchemy.dialects import postgresql
 
 revision = "0001"
@@ -31,9 +30,7 @@ def upgrade() -> None:
         sa.Column("topic", sa.String(length=64), nullable=False),
         sa.Column(
             "payload",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -72,9 +69,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
     )
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_api_keys_tenant_id"), ["tenant_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_api_keys_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
         "categories",
@@ -95,9 +90,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_categories")),
-        sa.UniqueConstraint(
-            "tenant_id", "key", name=op.f("uq_categories_tenant_id_key")
-        ),
+        sa.UniqueConstraint("tenant_id", "key", name=op.f("uq_categories_tenant_id_key")),
     )
     op.create_table(
         "events",
@@ -106,9 +99,7 @@ def upgrade() -> None:
         sa.Column("type", sa.String(length=200), nullable=False),
         sa.Column(
             "payload",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
@@ -155,16 +146,12 @@ def upgrade() -> None:
         ),
         sa.Column(
             "attributes",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint(
-            "kind IN ('group', 'community')", name=op.f("ck_groups_kind")
-        ),
+        sa.CheckConstraint("kind IN ('group', 'community')", name=op.f("ck_groups_kind")),
         sa.ForeignKeyConstraint(
             ["community_id"],
             ["groups.id"],
@@ -181,9 +168,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "key", name=op.f("uq_groups_tenant_id_key")),
     )
     with op.batch_alter_table("groups", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_groups_community_id"), ["community_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_groups_community_id"), ["community_id"], unique=False)
 
     op.create_table(
         "transitions",
@@ -234,9 +219,7 @@ def upgrade() -> None:
         sa.Column("timezone", sa.String(length=64), nullable=True),
         sa.Column(
             "attributes",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -271,9 +254,7 @@ def upgrade() -> None:
         sa.Column("app_id", sa.String(length=255), nullable=True),
         sa.Column(
             "keys",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("status", sa.String(length=16), nullable=False),
@@ -302,9 +283,7 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("devices", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_devices_user_id"), ["user_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_devices_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "memberships",
@@ -334,9 +313,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("group_id", "user_id", name=op.f("pk_memberships")),
     )
     with op.batch_alter_table("memberships", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_memberships_user_id"), ["user_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_memberships_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "notifications",
@@ -348,9 +325,7 @@ def upgrade() -> None:
         sa.Column("body", sa.Text(), nullable=True),
         sa.Column(
             "data",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("category", sa.String(length=255), nullable=True),
@@ -389,15 +364,11 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column(
             "channels",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint(
-            "scope IN ('group', 'category')", name=op.f("ck_preferences_scope")
-        ),
+        sa.CheckConstraint("scope IN ('group', 'category')", name=op.f("ck_preferences_scope")),
         sa.ForeignKeyConstraint(
             ["tenant_id"],
             ["tenants.id"],
@@ -549,9 +520,7 @@ def upgrade() -> None:
             ["channel", "status", "next_attempt_at"],
             unique=False,
         )
-        batch_op.create_index(
-            batch_op.f("ix_deliveries_item_id"), ["item_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_deliveries_item_id"), ["item_id"], unique=False)
 
 
 def downgrade() -> None:

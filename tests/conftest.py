@@ -1,0 +1,153 @@
+"""Fixtures shared by every suite: databases (SQLite and PostgreSQL), wired services, and a
+real Clarion server listening on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from clarion import bootstrap
+from clarion.entrypoints.server import serve
+from clarion.settings import Settings
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CLARION_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+SECRET_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    """A service the suite needs is missing: fail under CI, skip (with the reason) elsewhere."""
+    message = f"{what} is not reachable ({exc!r}); start it or set CLARION_TEST_POSTGRES_URL"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated, dropped at the end."""
+    name = f"clarion_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        unavailable("PostgreSQL", exc)
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    asyncio.run(bootstrap.migrate(Settings(database_url=url, secret_key=SECRET_KEY)))
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for one test, on each supported database in turn."""
+    database_url = None
+    if request.param == "postgres":
+        database_url = request.getfixturevalue("postgres_url")
+    return Settings(
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        secret_key=SECRET_KEY,
+        port=0,
+    )
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """Settings on SQLite alone, for tests about the HTTP or socket surface itself."""
+    return Settings(data_dir=tmp_path / "var", secret_key=SECRET_KEY, port=0)
+
+
+@pytest.fixture
+async def clarion(settings: Settings) -> AsyncIterator[bootstrap.Clarion]:
+    """Services wired to a migrated database, without any server running."""
+    await bootstrap.migrate(settings)
+    app = bootstrap.build(settings)
+    yield app
+    await app.close()
+
+
+@dataclass
+class Running:
+    """A Clarion server running in this process."""
+
+    clarion: bootstrap.Clarion
+    base_url: str
+    ws_url: str
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    """Run API, gateway and worker in-process on an ephemeral port until the block ends."""
+    await bootstrap.migrate(settings)
+    app = bootstrap.build(settings)
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(app, stop=stop, on_listening=port.set_result))
+    try:
+        bound = await asyncio.wait_for(port, 10)
+        yield Running(app, f"http://127.0.0.1:{bound}", f"ws://127.0.0.1:{bound}/v1/ws")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Running]:
+    """A running server on each database in turn."""
+    async with running(settings) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def sqlite_server(sqlite_settings: Settings) -> AsyncIterator[Running]:
+    """A running server on SQLite."""
+    async with running(sqlite_settings) as srv:
+        yield srv
+
+
+@dataclass
+class Tenant:
+    """A tenant made for one test, with an HTTP client that carries its API key."""
+
+    id: str
+    api_key: str
+    http: httpx.AsyncClient
+
+
+@contextlib.asynccontextmanager
+async def tenant_client(srv: Running) -> AsyncIterator[Tenant]:
+    """A new tenant on `srv` and a client authenticated as it."""
+    created = await srv.clarion.tenancy.create_tenant(f"test-{uuid.uuid4().hex[:8]}")
+    async with httpx.AsyncClient(
+        base_url=srv.base_url,
+        headers={"Authorization": f"Bearer {created.api_key}"},
+        timeout=10,
+    ) as http:
+        yield Tenant(created.tenant_id, created.api_key, http)
+
+
+@pytest.fixture
+async def tenant(server: Running) -> AsyncIterator[Tenant]:
+    """A tenant on the running server."""
+    async with tenant_client(server) as t:
+        yield t
