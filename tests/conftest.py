@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
+from tests.support import Running, Tenant, running, tenant_client
 
 from clarion import bootstrap
-from clarion.entrypoints.server import serve
 from clarion.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -86,31 +83,6 @@ async def clarion(settings: Settings) -> AsyncIterator[bootstrap.Clarion]:
     await app.close()
 
 
-@dataclass
-class Running:
-    """A Clarion server running in this process."""
-
-    clarion: bootstrap.Clarion
-    base_url: str
-    ws_url: str
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Running]:
-    """Run API, gateway and worker in-process on an ephemeral port until the block ends."""
-    await bootstrap.migrate(settings)
-    app = bootstrap.build(settings)
-    stop = asyncio.Event()
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(app, stop=stop, on_listening=port.set_result))
-    try:
-        bound = await asyncio.wait_for(port, 10)
-        yield Running(app, f"http://127.0.0.1:{bound}", f"ws://127.0.0.1:{bound}/v1/ws")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-
-
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[Running]:
     """A running server on each database in turn."""
@@ -123,27 +95,6 @@ async def sqlite_server(sqlite_settings: Settings) -> AsyncIterator[Running]:
     """A running server on SQLite."""
     async with running(sqlite_settings) as srv:
         yield srv
-
-
-@dataclass
-class Tenant:
-    """A tenant made for one test, with an HTTP client that carries its API key."""
-
-    id: str
-    api_key: str
-    http: httpx.AsyncClient
-
-
-@contextlib.asynccontextmanager
-async def tenant_client(srv: Running) -> AsyncIterator[Tenant]:
-    """A new tenant on `srv` and a client authenticated as it."""
-    created = await srv.clarion.tenancy.create_tenant(f"test-{uuid.uuid4().hex[:8]}")
-    async with httpx.AsyncClient(
-        base_url=srv.base_url,
-        headers={"Authorization": f"Bearer {created.api_key}"},
-        timeout=10,
-    ) as http:
-        yield Tenant(created.tenant_id, created.api_key, http)
 
 
 @pytest.fixture

@@ -38,10 +38,13 @@ class Session:
         self.overflowed = asyncio.Event()
         self._seen: OrderedDict[int, None] = OrderedDict()
 
-    def offer(self, frame: dict[str, Any], item_id: int | None = None) -> None:
-        """Queue a frame; a notification already queued for this session is skipped."""
+    def offer(
+        self, frame: dict[str, Any], item_id: int | None = None, *, again: bool = False
+    ) -> None:
+        """Queue a frame. A notification already queued for this session is skipped (a backlog
+        and live delivery can overlap) unless `again` says the client asked for it anew."""
         if item_id is not None:
-            if item_id in self._seen:
+            if item_id in self._seen and not again:
                 return
             self._seen[item_id] = None
             if len(self._seen) > SEEN_IDS:

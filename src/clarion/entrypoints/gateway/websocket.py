@@ -120,10 +120,12 @@ class _Connection:
             raise _Closing(CLOSE_UNAUTHORIZED, "expected an auth frame")
         return frame.token, frame.since
 
-    async def _send_missed(self, session: Session, since: str | None) -> None:
+    async def _send_missed(
+        self, session: Session, since: str | None, *, again: bool = False
+    ) -> None:
         async for page in self._app.realtime.missed(session.tenant_id, session.user_id, since):
             for entry in page:
-                session.offer(frames.notification_frame(entry.item), entry.item.id)
+                session.offer(frames.notification_frame(entry.item), entry.item.id, again=again)
 
     async def _read(self, session: Session) -> None:
         while True:
@@ -156,7 +158,7 @@ class _Connection:
                 )
                 session.offer(frames.ack_frame(moved.item_id, moved.status))
             elif isinstance(frame, frames.Resume):
-                await self._send_missed(session, frame.since)
+                await self._send_missed(session, frame.since, again=True)
             elif isinstance(frame, frames.Auth):
                 raise errors.InvalidFrame("already authenticated")
         except errors.ClarionError as exc:
