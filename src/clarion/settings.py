@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     database_pool_size: int = Field(10, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # JSON lines for log shippers; "console" reads better in a terminal during development.
+    log_format: Literal["json", "console"] = "json"
 
     api: ApiSettings = ApiSettings()
     tokens: TokenSettings = TokenSettings()

@@ -7,6 +7,7 @@ import json
 
 import httpx
 import pytest
+
 from tests.support import Running, Tenant, tenant_client
 
 

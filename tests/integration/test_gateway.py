@@ -13,11 +13,11 @@ from typing import Any
 import jwt
 import pytest
 import websockets
-from tests.conftest import SECRET_KEY
-from tests.support import Running, Tenant, running, tenant_client
 from websockets.asyncio.client import ClientConnection
 
 from clarion.settings import GatewaySettings, Settings
+from tests.conftest import SECRET_KEY
+from tests.support import Running, Tenant, running, tenant_client
 
 
 async def _token(t: Tenant, user: str) -> str:

@@ -8,9 +8,11 @@ the database.
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _VERSION = "v1"
@@ -40,10 +42,10 @@ class Sealer:
         version, _, body = sealed.partition(":")
         if version != _VERSION:
             raise SealError(f"unknown sealing version {version!r}")
-        raw = base64.b64decode(body)
         try:
+            raw = base64.b64decode(body, validate=True)
             plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], owner.encode())
-        except Exception as exc:  # cryptography raises InvalidTag; nothing else is expected
+        except (binascii.Error, InvalidTag, ValueError) as exc:
             raise SealError("sealed value does not open with this key and owner") from exc
         return plain.decode()
 

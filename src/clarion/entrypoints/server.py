@@ -114,6 +114,7 @@ async def serve(
                     ws_ping_timeout=settings.gateway.heartbeat_seconds,
                     lifespan="on",
                     log_level=settings.log_level,
+                    log_config=None,  # uvicorn's records go through our formatter
                     timeout_graceful_shutdown=int(settings.worker.drain_seconds),
                     server_header=False,
                 )

@@ -69,7 +69,8 @@ def parse_frame(text: str) -> ClientFrame:
     """
     try:
         raw = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: a few KB of nested brackets exhaust the parser's stack.
         raise errors.InvalidFrame("frame is not valid JSON") from exc
     if not isinstance(raw, dict):
         raise errors.InvalidFrame("frame must be a JSON object")
@@ -83,12 +84,20 @@ def parse_frame(text: str) -> ClientFrame:
     if kind in ("received", "read"):
         _only(raw, {"type", "id"})
         item_id = raw.get("id")
-        if isinstance(item_id, str) and item_id.isdigit():
+        # ASCII digits only ("²" is a digit to str.isdigit but not to int), and few enough
+        # of them that int() neither refuses nor spends time on them.
+        if (
+            isinstance(item_id, str)
+            and item_id.isascii()
+            and item_id.isdigit()
+            and len(item_id) <= 19
+        ):
             item_id = int(item_id)
         if not isinstance(item_id, int) or isinstance(item_id, bool) or item_id <= 0:
             raise errors.InvalidFrame("'id' must be a notification id")
         return Receipt(item_id=item_id, status=Status(kind))
     if kind == "pong":
+        _only(raw, {"type"})
         return Pong()
     raise errors.InvalidFrame(f"unknown frame type {kind!r}")
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,6 +15,7 @@ from rich.table import Table
 
 from clarion import bootstrap
 from clarion.domain import errors
+from clarion.entrypoints.cli import logs
 from clarion.settings import Settings
 
 T = TypeVar("T")
@@ -61,11 +60,7 @@ def _run(settings: Settings, work: Callable[[bootstrap.Clarion], Awaitable[T]]) 
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, json=settings.log_format == "json")
 
 
 @app.command()

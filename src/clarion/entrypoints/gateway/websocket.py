@@ -165,6 +165,10 @@ class _Connection:
             if exc.status >= 500:
                 raise
             session.offer(frames.error_frame(exc))
+        except Exception:
+            # One bad frame must not take the connection down; the client hears why.
+            log.exception("frame handling failed", extra={"tenant": session.tenant_id})
+            session.offer(frames.error_frame(errors.ClarionError()))
 
     async def _receive(self) -> str:
         message = await self._ws.receive()
