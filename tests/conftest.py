@@ -12,10 +12,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from tests.support import Running, Tenant, running, tenant_client
 
 from clarion import bootstrap
 from clarion.settings import Settings
+from tests.support import Running, Tenant, running, tenant_client
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CLARION_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

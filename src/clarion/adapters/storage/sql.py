@@ -204,11 +204,7 @@ class SqlStore:
         }
         async with self._write() as conn:
             existing = await conn.scalar(
-                self._locked(
-                    sa.select(users.c.id).where(
-                        users.c.tenant_id == tenant_id, users.c.external_id == external_id
-                    )
-                )
+                self._locked(sa.select(users.c.id).where(_user_is(tenant_id, external_id)))
             )
             if existing is None:
                 await conn.execute(
@@ -229,13 +225,7 @@ class SqlStore:
     async def _user(
         self, conn: AsyncConnection, tenant_id: str, external_id: str
     ) -> ports.UserRecord | None:
-        row = (
-            await conn.execute(
-                sa.select(users).where(
-                    users.c.tenant_id == tenant_id, users.c.external_id == external_id
-                )
-            )
-        ).first()
+        row = (await conn.execute(sa.select(users).where(_user_is(tenant_id, external_id)))).first()
         if row is None:
             return None
         return ports.UserRecord(
@@ -253,9 +243,7 @@ class SqlStore:
         async with self._write() as conn:
             await self._create_users(conn, tenant_id, [external_id], now)
             user_id = await conn.scalar(
-                sa.select(users.c.id).where(
-                    users.c.tenant_id == tenant_id, users.c.external_id == external_id
-                )
+                sa.select(users.c.id).where(_user_is(tenant_id, external_id))
             )
         assert user_id is not None
         return int(user_id)
@@ -284,9 +272,7 @@ class SqlStore:
     async def delete_user(self, tenant_id: str, external_id: str) -> bool:
         async with self._write() as conn:
             user_id = await conn.scalar(
-                sa.select(users.c.id).where(
-                    users.c.tenant_id == tenant_id, users.c.external_id == external_id
-                )
+                sa.select(users.c.id).where(_user_is(tenant_id, external_id))
             )
             if user_id is None:
                 return False
@@ -328,9 +314,7 @@ class SqlStore:
             if community is not None:
                 parent = (
                     await conn.execute(
-                        sa.select(groups.c.id, groups.c.kind).where(
-                            groups.c.tenant_id == tenant_id, groups.c.key == community
-                        )
+                        sa.select(groups.c.id, groups.c.kind).where(_group_is(tenant_id, community))
                     )
                 ).first()
                 if parent is None:
@@ -343,9 +327,7 @@ class SqlStore:
             current = (
                 await conn.execute(
                     self._locked(
-                        sa.select(groups.c.id, groups.c.kind).where(
-                            groups.c.tenant_id == tenant_id, groups.c.key == key
-                        )
+                        sa.select(groups.c.id, groups.c.kind).where(_group_is(tenant_id, key))
                     )
                 )
             ).first()
@@ -391,7 +373,7 @@ class SqlStore:
             await conn.execute(
                 sa.select(groups, parent.c.key.label("community_key"), members.label("members"))
                 .select_from(groups.outerjoin(parent, parent.c.id == groups.c.community_id))
-                .where(groups.c.tenant_id == tenant_id, groups.c.key == key)
+                .where(_group_is(tenant_id, key))
             )
         ).first()
         if row is None:
@@ -413,17 +395,13 @@ class SqlStore:
     ) -> bool | None:
         async with self._write() as conn:
             group_id = await conn.scalar(
-                sa.select(groups.c.id).where(
-                    groups.c.tenant_id == tenant_id, groups.c.key == group_key
-                )
+                sa.select(groups.c.id).where(_group_is(tenant_id, group_key))
             )
             if group_id is None:
                 return None
             await self._create_users(conn, tenant_id, [external_id], now)
             user_id = await conn.scalar(
-                sa.select(users.c.id).where(
-                    users.c.tenant_id == tenant_id, users.c.external_id == external_id
-                )
+                sa.select(users.c.id).where(_user_is(tenant_id, external_id))
             )
             result = await conn.execute(
                 self._insert(memberships)
@@ -437,14 +415,10 @@ class SqlStore:
             result = await conn.execute(
                 memberships.delete().where(
                     memberships.c.group_id.in_(
-                        sa.select(groups.c.id).where(
-                            groups.c.tenant_id == tenant_id, groups.c.key == group_key
-                        )
+                        sa.select(groups.c.id).where(_group_is(tenant_id, group_key))
                     ),
                     memberships.c.user_id.in_(
-                        sa.select(users.c.id).where(
-                            users.c.tenant_id == tenant_id, users.c.external_id == external_id
-                        )
+                        sa.select(users.c.id).where(_user_is(tenant_id, external_id))
                     ),
                 )
             )
@@ -1192,6 +1166,14 @@ class SqlStore:
 
 Key = users.c.external_id.type
 UtcNow = inbox_items.c.created_at.type
+
+
+def _user_is(tenant_id: str, external_id: str) -> sa.ColumnElement[bool]:
+    return sa.and_(users.c.tenant_id == tenant_id, users.c.external_id == external_id)
+
+
+def _group_is(tenant_id: str, key: str) -> sa.ColumnElement[bool]:
+    return sa.and_(groups.c.tenant_id == tenant_id, groups.c.key == key)
 
 
 def _audience(tenant_id: str, spec: EventSpec) -> sa.Subquery:
