@@ -161,6 +161,43 @@ async def test_malformed_bodies_are_refused_before_anything_is_stored(
         )
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"t","recipients":{"users":["a"]},"data":{"x":NaN}}',
+        b'{"type":"t","recipients":{"users":["a"]},"data":{"x":-Infinity}}',
+        b'{"type":"t","recipients":{"users":["a"]},"data":{"x":1e999}}',
+        b'{"type":"t","recipients":{"users":["a"]},"title":"a\\u0000b"}',
+        b'{"type":"t","recipients":{"users":["a"]},"data":{"k\\u0000":1}}',
+        b'{"type":"t","recipients":{"users":["a"]},"body":"\\ud800"}',
+        b'{"type":"t","recipients":{"users":["a"]},"data":{"x":' + b"[" * 40 + b"]" * 40 + b"}}",
+    ],
+)
+async def test_values_no_database_could_store_are_refused_up_front(
+    sqlite_server: Running, raw: bytes
+) -> None:
+    async with tenant_client(sqlite_server) as t:
+        response = await t.http.post(
+            "/v1/events", content=raw, headers={"Content-Type": "application/json"}
+        )
+        await _error(response, 422, "invalid_request")
+
+
+async def test_a_deeply_nested_body_is_malformed_not_a_crash(sqlite_server: Running) -> None:
+    async with tenant_client(sqlite_server) as t:
+        raw = (
+            b'{"type":"t","recipients":{"users":["a"]},"data":{"x":'
+            + b"[" * 5000
+            + b"]" * 5000
+            + b"}}"
+        )
+        response = await t.http.post(
+            "/v1/events", content=raw, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code in (400, 422)
+        assert response.json()["error"]["code"] in ("malformed_json", "invalid_request")
+
+
 async def test_unknown_routes_and_methods_answer_from_the_catalogue(sqlite_server: Running) -> None:
     async with tenant_client(sqlite_server) as t:
         await _error(await t.http.get("/v1/nothing"), 404, "route_not_found")

@@ -94,7 +94,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "route_not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+        # FastAPI raises a bare 400 when the body cannot be parsed at all (e.g. JSON nested so
+        # deep that the parser gives up).
+        code = {
+            400: "malformed_json",
+            404: "route_not_found",
+            405: "method_not_allowed",
+            415: "unsupported_media_type",
+        }
         entry = CATALOGUE.get(code.get(exc.status_code, ""))
         if entry is None:
             return JSONResponse(

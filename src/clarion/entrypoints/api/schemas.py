@@ -6,6 +6,7 @@ take no coercions beyond pydantic's defaults for JSON. Outputs are allowlists of
 
 from __future__ import annotations
 
+import math
 import zoneinfo
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -32,7 +33,41 @@ def _timezone(value: str) -> str:
     return value
 
 
+MAX_JSON_DEPTH = 32  # deeper than any real payload; bounds the work of every later walk
+
+
+def _storable_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded as UTF-8: both
+    # would fail at write time, long after the 202, so they are refused here.
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from exc
+    return value
+
+
+def _storable_json(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
+    if isinstance(value, str):
+        _storable_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable_text(key)
+            _storable_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item, depth + 1)
+    return value
+
+
 Key = Annotated[str, AfterValidator(_key)]
+Text = Annotated[str, AfterValidator(_storable_text)]
+JsonData = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 MAX_KEYS = 30_000  # the request-level ceiling; the configured per-event limit is checked later
 
 
@@ -55,9 +90,9 @@ class EventIn(Input):
 
     type: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
     recipients: RecipientsIn
-    title: Annotated[str, Field(max_length=1000)] | None = None
-    body: Annotated[str, Field(max_length=10_000)] | None = None
-    data: dict[str, Any] = {}
+    title: Annotated[Text, Field(max_length=1000)] | None = None
+    body: Annotated[Text, Field(max_length=10_000)] | None = None
+    data: JsonData = {}
     category: Key | None = None
     group: Key | None = None
     channels: Annotated[list[Channel], Field(min_length=1, max_length=len(Channel))] | None = None
@@ -150,7 +185,7 @@ class UserIn(Input):
         Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")] | None
     ) = None
     timezone: Annotated[str, AfterValidator(_timezone)] | None = None
-    attributes: dict[str, Any] = {}
+    attributes: JsonData = {}
 
 
 class UserOut(BaseModel):
@@ -169,9 +204,9 @@ class GroupIn(Input):
     """A group, or a community of groups."""
 
     kind: Literal["group", "community"] = "group"
-    name: Annotated[str, Field(max_length=200)] | None = None
+    name: Annotated[Text, Field(max_length=200)] | None = None
     community: Key | None = None
-    attributes: dict[str, Any] = {}
+    attributes: JsonData = {}
 
 
 class GroupOut(BaseModel):
