@@ -44,5 +44,5 @@ test: lint typecheck importlint
 bench: install
 	$(BIN)/python bench/fanout.py
 
-clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+clean:  # keeps var/: it holds the database and the sealing key
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

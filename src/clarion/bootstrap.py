@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from clarion.adapters.bus.memory import MemoryBus
 from clarion.adapters.sealing import Sealer, load_or_create_key
 from clarion.adapters.storage import engines, migrating
 from clarion.adapters.storage.sql import SqlStore
+from clarion.domain.channels import REALTIME, Channel
 from clarion.services.accepting import Accepting
 from clarion.services.acknowledging import Acknowledging
 from clarion.services.clocks import SystemClock
@@ -42,7 +43,6 @@ class Clarion:
     acknowledging: Acknowledging
     reporting: Reporting
     delivering: Delivering
-    transports: dict[str, Transport] = field(default_factory=dict)
 
     async def close(self) -> None:
         """Release the database pool."""
@@ -59,6 +59,8 @@ def sealer_for(settings: Settings) -> Sealer:
 def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = None) -> Clarion:
     """Wire Clarion for `settings`. Nothing connects until first used."""
     clock = clock or SystemClock()
+    # Provider transports (APNs, FCM, WNS, Web Push, email) are wired here as they arrive.
+    transports: dict[Channel, Transport] = {}
     store = SqlStore(
         engines.create_engine(
             settings.resolved_database_url, pool_size=settings.database_pool_size
@@ -95,6 +97,7 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
             store,
             clock,
             max_recipients=settings.api.max_recipients_per_event,
+            channels=REALTIME | frozenset(transports),
             on_accepted=relay.wake,
         ),
         routing=Routing(store, bus, clock),
@@ -102,7 +105,7 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         realtime=Realtime(store, tokens, clock, page=settings.gateway.backlog_page),
         acknowledging=Acknowledging(store, bus, clock),
         reporting=Reporting(store),
-        delivering=Delivering(store, clock, {}),
+        delivering=Delivering(store, clock, transports),
     )
 
 

@@ -83,7 +83,6 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str | None = None
     bus: Literal["memory"] = "memory"
-    bus_url: str | None = None
     host: str = DEFAULT_HOST
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     # The key sealing tenant secrets, base64 of 32 bytes; by default kept in data_dir.
@@ -92,6 +91,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # JSON lines for log shippers; "console" reads better in a terminal during development.
     log_format: Literal["json", "console"] = "json"
+    # Off by default: request paths carry user ids, which are often email addresses.
+    access_log: bool = False
 
     api: ApiSettings = ApiSettings()
     tokens: TokenSettings = TokenSettings()

@@ -17,6 +17,7 @@ from clarion.domain.channels import Channel
 from clarion.domain.notifications import EventSpec, Recipients
 from clarion.domain.records import Completion, UserFields
 from clarion.domain.statuses import Status, Subject
+from clarion.services.accepting import Accepting
 
 pytestmark = pytest.mark.usefixtures("clarion")
 
@@ -39,7 +40,9 @@ async def _group(app: bootstrap.Clarion, tenant: str, key: str, members: list[st
 
 
 async def _route(app: bootstrap.Clarion, tenant: str, spec: EventSpec):
-    accepted = await app.accepting.accept(tenant, spec)
+    # Accept on every channel, as a server with every transport configured would.
+    accepting = Accepting(app.store, app.clock, max_recipients=10_000, channels=frozenset(Channel))
+    accepted = await accepting.accept(tenant, spec)
     routed = await app.routing.route(accepted.id)
     assert routed is not None
     return accepted.id, routed

@@ -150,6 +150,14 @@ async def test_malformed_bodies_are_refused_before_anything_is_stored(
         too_many = {"type": "t", "recipients": {"users": [f"u{i}" for i in range(10_001)]}}
         await _error(await t.http.post("/v1/events", json=too_many), 422, "too_many_recipients")
         await _error(
+            await t.http.post(
+                "/v1/events",
+                json={"type": "t", "recipients": {"users": ["a"]}, "channels": ["apns"]},
+            ),
+            422,
+            "unknown_channel",
+        )
+        await _error(
             await t.http.post("/v1/events", json={"type": "t", "recipients": {"groups": ["nope"]}}),
             422,
             "unknown_group",

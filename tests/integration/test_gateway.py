@@ -300,3 +300,47 @@ async def test_users_only_receive_their_own_tenants_notifications(sqlite_server:
             await _recv_type(ws_one, "notification", timeout=0.5)
         await ws_one.close()
         await ws_two.close()
+
+
+async def test_a_socket_closes_when_its_token_expires(sqlite_server: Running) -> None:
+    async with tenant_client(sqlite_server) as t:
+        response = await t.http.post("/v1/users/ann/tokens", json={"ttl": 1})
+        ws = await _connect(sqlite_server, response.json()["token"])
+        error = await _recv_type(ws, "error", timeout=3.0)
+        assert error["error"]["code"] == "invalid_user_token"
+        await _closed_with(ws, 4401)
+
+
+async def test_a_token_the_tenant_signed_itself_opens_a_socket(sqlite_server: Running) -> None:
+    async with tenant_client(sqlite_server) as t:
+        secret = await sqlite_server.clarion.store.tenant_secret(t.id)
+        assert secret is not None
+        now = int(time.time())
+        claims = {
+            "iss": "clarion",
+            "aud": "clarion:user",
+            "sub": "first-seen-here",
+            "tid": t.id,
+            "iat": now,
+            "exp": now + 60,
+        }
+        token = jwt.encode(claims, secret, "HS256", headers={"kid": t.id})
+        ws = await _connect(sqlite_server, token)
+        event_id = await _post(t, recipients={"users": ["first-seen-here"]})
+        assert (await _recv_type(ws, "notification"))["event_id"] == event_id
+        await ws.close()
+
+
+async def test_origins_outside_the_allowed_list_are_closed_with_1008(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        secret_key=SECRET_KEY,
+        port=0,
+        gateway=GatewaySettings(allowed_origins=["https://app.example"]),
+    )
+    async with running(settings) as srv:
+        async with websockets.connect(srv.ws_url, origin="https://evil.example") as ws:  # type: ignore[arg-type]
+            await _closed_with(ws, 1008)
+        async with websockets.connect(srv.ws_url, origin="https://app.example") as ws:  # type: ignore[arg-type]
+            await ws.send(json.dumps({"type": "pong"}))
+            assert (await _recv(ws))["type"] == "error"

@@ -78,7 +78,7 @@ class TooManyRecipients(InvalidRequest):
 
 
 class UnknownChannel(InvalidRequest):
-    """The event asks for a channel this server does not have."""
+    """The event asks for a channel this server has no transport for."""
 
     code = "unknown_channel"
 

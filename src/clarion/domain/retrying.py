@@ -4,7 +4,7 @@ from __future__ import annotations
 
 BASE_DELAY_SECONDS = 2.0
 MAX_DELAY_SECONDS = 600.0  # SNS's mobile-push policy caps its backoff at 10 minutes, too
-MAX_ATTEMPTS = 12  # with the delays above, about an hour of trying before giving up
+MAX_ATTEMPTS = 12  # with the delays above, about 37 minutes of waiting before giving up
 
 
 def retry_delay(attempts: int, *, provider_hint: float | None, jitter: float) -> float | None:

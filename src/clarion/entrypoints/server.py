@@ -115,6 +115,7 @@ async def serve(
                     lifespan="on",
                     log_level=settings.log_level,
                     log_config=None,  # uvicorn's records go through our formatter
+                    access_log=settings.access_log,
                     timeout_graceful_shutdown=int(settings.worker.drain_seconds),
                     server_header=False,
                 )

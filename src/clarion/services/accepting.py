@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 
 from clarion.domain import errors
+from clarion.domain.channels import REALTIME, Channel
 from clarion.domain.notifications import AcceptedEvent, EventSpec
 from clarion.services.ports import Clock, Store
 
@@ -22,9 +23,12 @@ class Accepting:
         clock: Clock,
         *,
         max_recipients: int,
+        channels: frozenset[Channel] = REALTIME,
         on_accepted: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
+        # The channels this server can deliver on: realtime plus every configured transport.
+        self._channels = channels
         self._clock = clock
         self._max_recipients = max_recipients
         # Wakes the outbox relay so an event is routed now, not at the next poll.
@@ -42,6 +46,11 @@ class Accepting:
         """
         if spec.recipients.is_empty():
             raise errors.NoRecipients()
+        unavailable = [c for c in spec.channels or () if c not in self._channels]
+        if unavailable:
+            raise errors.UnknownChannel(
+                f"no transport is configured for {', '.join(map(str, unavailable))}"
+            )
         if spec.recipients.count() > self._max_recipients:
             raise errors.TooManyRecipients(
                 f"an event may name at most {self._max_recipients} recipients; use a group"

@@ -209,6 +209,10 @@ class Store(Protocol):
         """Record that the entries are on the bus."""
         ...
 
+    async def prune_outbox(self, *, published_before: datetime) -> int:
+        """Forget entries published before the given time; how many went."""
+        ...
+
     # realtime
     async def items_for_users(
         self, tenant_id: str, notification_id: str, user_ids: Sequence[int]

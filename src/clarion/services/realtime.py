@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from clarion.domain import errors
 from clarion.domain.channels import Channel
 from clarion.domain.notifications import parse_cursor
 from clarion.services.ports import Addressed, Clock, Store
-from clarion.services.tokens import UserTokens
+from clarion.services.tokens import Identity, UserTokens
 
 
 class Realtime:
@@ -23,17 +22,19 @@ class Realtime:
         self._clock = clock
         self._page = page
 
-    async def identify(self, token: str) -> tuple[str, int, str]:
-        """The tenant, internal user id and external user id a token opens a socket for.
+    async def identify(self, token: str) -> tuple[Identity, int]:
+        """Who a token opens a socket for, and that user's internal id.
+
+        A user first mentioned by a token the tenant signed itself is created, as anywhere else.
 
         Raises:
-            errors.InvalidUserToken: the token is bad, or its user no longer exists.
+            errors.InvalidUserToken: the token is bad.
         """
         identity = await self._tokens.verify(token)
-        user = await self._store.get_user(identity.tenant_id, identity.user)
-        if user is None:
-            raise errors.InvalidUserToken("the token's user does not exist")
-        return identity.tenant_id, user.id, user.external_id
+        user_id = await self._store.ensure_user(
+            identity.tenant_id, identity.user, self._clock.now()
+        )
+        return identity, user_id
 
     async def missed(
         self, tenant_id: str, user_id: int, since: str | None

@@ -81,6 +81,7 @@ class Relay:
                 if now - last_sweep >= sweep_every:
                     last_sweep = now
                     await self.redeliver_stale()
+                    await self._store.prune_outbox(published_before=self._clock.now() - PRUNE_AFTER)
             except Exception:
                 log.exception("outbox relay failed; retrying", extra={"action": "relay_failed"})
                 moved = 0

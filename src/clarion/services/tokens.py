@@ -9,7 +9,7 @@ checked, with a small leeway for clock skew (RFC 8725 §3).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -33,6 +33,7 @@ class Identity:
 
     tenant_id: str
     user: str
+    expires_at: datetime
 
 
 class UserTokens:
@@ -115,4 +116,8 @@ class UserTokens:
             raise errors.InvalidUserToken(f"token rejected: {exc}") from exc
         if claims["tid"] != tenant_id or not isinstance(claims["sub"], str):
             raise errors.InvalidUserToken("token is not a Clarion user token")
-        return Identity(tenant_id=tenant_id, user=claims["sub"])
+        return Identity(
+            tenant_id=tenant_id,
+            user=claims["sub"],
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        )

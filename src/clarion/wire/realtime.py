@@ -136,7 +136,7 @@ def notification_frame(item: InboxItem) -> dict[str, Any]:
         "category": item.category,
         "group": item.group,
         "status": str(item.status),
-        "created_at": item.created_at.isoformat(),
+        "created_at": item.created_at.isoformat().replace("+00:00", "Z"),
         "cursor": item.cursor,
     }
 

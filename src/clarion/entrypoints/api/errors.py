@@ -44,6 +44,7 @@ def _catalogue() -> dict[str, CatalogueEntry]:
         ("route_not_found", 404, "No such route."),
         ("method_not_allowed", 405, "This route does not take that method."),
         ("unsupported_media_type", 415, "The request body must be application/json."),
+        ("http_error", 400, "The HTTP request could not be handled as sent."),
     ):
         entries[code] = CatalogueEntry(code, status, message)
     return dict(sorted(entries.items()))

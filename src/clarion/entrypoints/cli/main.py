@@ -68,7 +68,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="HTTP port (CLARION_PORT).")] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (CLARION_HOST).")] = None,
     data_dir: DataDir = None,
-    no_migrate: Annotated[bool, typer.Option(help="Do not migrate the schema first.")] = False,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="Do not migrate the schema first.")
+    ] = False,
 ) -> None:
     """Run the API, the WebSocket gateway and the worker in one process."""
     from clarion.entrypoints.server import serve as serve_all

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -42,13 +43,14 @@ async def gateway(websocket: WebSocket) -> None:
     hub: Hub = websocket.app.state.hub
     settings = app.settings.gateway
     origin = websocket.headers.get("origin")
-    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
-        await websocket.close(CLOSE_POLICY, "origin not allowed")
-        return
     offered = list(websocket.scope.get("subprotocols", []))
     await websocket.accept(
         subprotocol=frames.SUBPROTOCOL if frames.SUBPROTOCOL in offered else None
     )
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+        # Accept, then close with a reason: a refused handshake would tell the client nothing.
+        await websocket.close(CLOSE_POLICY, "origin not allowed")
+        return
     connection = _Connection(websocket, app, hub, settings)
     try:
         await connection.serve(frames.token_from_subprotocols(offered))
@@ -73,6 +75,7 @@ class _Connection:
         self._hub = hub
         self._settings = settings
         self._session: Session | None = None
+        self._expires_at = datetime.max.replace(tzinfo=UTC)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def serve(self, token: str | None) -> None:
@@ -81,15 +84,21 @@ class _Connection:
             if token is None:
                 token, since = await self._await_auth()
             try:
-                tenant_id, user_id, user = await self._app.realtime.identify(token)
+                identity, user_id = await self._app.realtime.identify(token)
             except errors.InvalidUserToken as exc:
                 await self._send(frames.error_frame(exc))
                 raise _Closing(CLOSE_UNAUTHORIZED, exc.code) from exc
-            session = Session(tenant_id, user_id, user, capacity=self._settings.send_queue_frames)
+            session = Session(
+                identity.tenant_id,
+                user_id,
+                identity.user,
+                capacity=self._settings.send_queue_frames,
+            )
             self._session = session
+            self._expires_at = identity.expires_at
             session.offer(
                 frames.ready_frame(
-                    user=user,
+                    user=identity.user,
                     heartbeat_seconds=self._settings.heartbeat_seconds,
                     idle_timeout_seconds=self._settings.idle_timeout_seconds,
                 )
@@ -131,9 +140,12 @@ class _Connection:
         while True:
             receive = asyncio.ensure_future(self._receive())
             overflow = asyncio.ensure_future(session.overflowed.wait())
+            # A socket lives no longer than the token that opened it; the app reconnects with
+            # a fresh token and its cursor.
+            token_left = (self._expires_at - self._app.clock.now()).total_seconds()
             done, _ = await asyncio.wait(
                 {receive, overflow},
-                timeout=self._settings.idle_timeout_seconds,
+                timeout=max(0.0, min(self._settings.idle_timeout_seconds, token_left)),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             overflow.cancel()
@@ -142,6 +154,11 @@ class _Connection:
                 raise _Closing(CLOSE_TOO_SLOW, "client too slow; reconnect with your cursor")
             if receive not in done:
                 receive.cancel()
+                if self._app.clock.now() >= self._expires_at:
+                    await self._send(
+                        frames.error_frame(errors.InvalidUserToken("token has expired"))
+                    )
+                    raise _Closing(CLOSE_UNAUTHORIZED, "token expired")
                 raise _Closing(CLOSE_TIMEOUT, "idle timeout")
             await self._handle(session, receive.result())
 
@@ -149,6 +166,8 @@ class _Connection:
         try:
             frame = frames.parse_frame(text)
             if isinstance(frame, frames.Receipt):
+                # Record what went out first, so the trail reads sent -> received -> read.
+                await self._hub.flush()
                 moved = await self._app.acknowledging.report(
                     session.tenant_id,
                     session.user_id,
