@@ -249,7 +249,7 @@ def test_notification_frame_carries_the_item_and_its_cursor() -> None:
         "category": "orders",
         "group": "order-17",
         "status": "sent",
-        "created_at": CREATED.isoformat(),
+        "created_at": "2024-05-01T12:30:00Z",
         "cursor": "42",
     }
 

@@ -6,6 +6,18 @@ from clarion.domain.channels import DEFAULT_CHANNELS, Channel
 from clarion.domain.notifications import EventSpec
 
 
+def group_of(spec: EventSpec) -> str | None:
+    """The group a notification belongs to (for inbox filters, opt-outs and statistics).
+
+    The event's `group` when it names one; otherwise the one group or community it is
+    addressed to, if it is addressed to exactly one.
+    """
+    if spec.group is not None:
+        return spec.group
+    named = (*spec.recipients.groups, *spec.recipients.communities)
+    return named[0] if len(named) == 1 else None
+
+
 def channels_for(spec: EventSpec) -> tuple[Channel, ...]:
     """The channels an event goes out on: the ones it names, else the defaults.
 

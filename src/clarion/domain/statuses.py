@@ -11,6 +11,8 @@ The lifecycle only moves forward::
        ├──► failed ─────────┴──────────┘   (the user saw it anyway, e.g. in the inbox)
        └──► expired
 
+An item or delivery whose recipient opted out is created `suppressed` and stays so.
+
 A state may skip ahead (an app that fetches its inbox over HTTP reads a `pending` item without
 it ever being `sent`), but never goes back: a late `received` after `read` changes nothing.
 """
@@ -31,6 +33,8 @@ class Status(enum.StrEnum):
     READ = "read"
     FAILED = "failed"
     EXPIRED = "expired"
+    SUPPRESSED = "suppressed"
+    """The recipient opted out (of the group, category or channel): created so, never sent."""
 
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
@@ -42,6 +46,7 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.READ: frozenset(),
     Status.FAILED: frozenset({Status.RECEIVED, Status.READ}),
     Status.EXPIRED: frozenset(),
+    Status.SUPPRESSED: frozenset(),
 }
 """Every allowed move, and nothing else: ``TRANSITIONS[current]`` is where ``current`` may go."""
 

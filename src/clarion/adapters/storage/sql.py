@@ -31,11 +31,12 @@ from clarion.adapters.storage.tables import (
     memberships,
     notifications,
     outbox,
+    preferences,
     tenants,
     transitions,
     users,
 )
-from clarion.domain import errors, outcomes, records as ports
+from clarion.domain import errors, outcomes, records as ports, routing
 from clarion.domain.channels import REALTIME, Channel
 from clarion.domain.notifications import EventSpec, InboxItem, JsonObject, StatusCounts
 from clarion.domain.statuses import Status, Subject, Transition, sources_of, timestamp_field
@@ -535,6 +536,7 @@ class SqlStore:
                 return None
             event = _stored_event(row)
             spec, tenant_id = event.spec, event.tenant_id
+            group = routing.group_of(spec)
             await self._create_users(conn, tenant_id, spec.recipients.users, now)
             if spec.category is not None:
                 await conn.execute(
@@ -552,7 +554,7 @@ class SqlStore:
                     body=spec.body,
                     data=spec.data,
                     category=spec.category,
-                    group_key=spec.group,
+                    group_key=group,
                     created_at=now,
                 )
             )
@@ -574,7 +576,7 @@ class SqlStore:
                         audience.c.user_id,
                         sa.literal(str(Status.PENDING)),
                         sa.literal(spec.category, Key),
-                        sa.literal(spec.group, Key),
+                        sa.literal(group, Key),
                         sa.literal(now, UtcNow),
                     ),
                 )
@@ -590,15 +592,36 @@ class SqlStore:
                             "channel",
                             "endpoint",
                             "status",
+                            "category",
+                            "group_key",
                             "attempts",
                             "next_attempt_at",
                             "fence",
                             "created_at",
                             "updated_at",
                         ],
-                        _delivery_rows(tenant_id, notification_id, channel, now),
+                        _delivery_rows(
+                            tenant_id,
+                            notification_id,
+                            channel,
+                            now,
+                            category=spec.category,
+                            group=group,
+                        ),
                     )
                 )
+            # An item none of whose deliveries may go out is suppressed as a whole.
+            await conn.execute(
+                inbox_items.update()
+                .where(
+                    inbox_items.c.notification_id == notification_id,
+                    ~sa.exists().where(
+                        deliveries.c.item_id == inbox_items.c.id,
+                        deliveries.c.status != str(Status.SUPPRESSED),
+                    ),
+                )
+                .values(status=str(Status.SUPPRESSED))
+            )
             await self._audit_creation(conn, tenant_id, notification_id, now)
             await conn.execute(
                 events.update().where(events.c.id == event_id).values(state="routed", routed_at=now)
@@ -628,7 +651,7 @@ class SqlStore:
                         sa.literal(str(subject)),
                         table.c.id,
                         sa.null(),
-                        sa.literal(str(Status.PENDING)),
+                        table.c.status,
                         sa.literal("routed"),
                         sa.literal(now, UtcNow),
                     ).where(table.c.notification_id == notification_id),
@@ -1220,9 +1243,22 @@ def _audience(tenant_id: str, spec: EventSpec) -> sa.Subquery:
 
 
 def _delivery_rows(
-    tenant_id: str, notification_id: str, channel: Channel, now: datetime
+    tenant_id: str,
+    notification_id: str,
+    channel: Channel,
+    now: datetime,
+    *,
+    category: str | None,
+    group: str | None,
 ) -> sa.Select[Any]:
-    """One delivery per item and endpoint of `channel` the recipient has."""
+    """One delivery per item and endpoint of `channel` the recipient has, created `suppressed`
+    where the recipient opted out of this channel for the group or category."""
+    opted_out = _opted_out(channel, category=category, group=group)
+    if channel == Channel.EMAIL:
+        opted_out = sa.or_(opted_out, users.c.email_status != "subscribed")
+    status = sa.case(
+        (opted_out, sa.literal(str(Status.SUPPRESSED))), else_=sa.literal(str(Status.PENDING))
+    )
     base: list[Any] = [
         sa.literal(tenant_id),
         sa.literal(notification_id),
@@ -1231,7 +1267,9 @@ def _delivery_rows(
         sa.literal(str(channel)),
     ]
     tail: list[Any] = [
-        sa.literal(str(Status.PENDING)),
+        status,
+        sa.literal(category, Key),
+        sa.literal(group, Key),
         sa.literal(0),
         sa.literal(now, UtcNow),
         sa.literal(0),
@@ -1254,6 +1292,36 @@ def _delivery_rows(
         .join(devices, devices.c.user_id == inbox_items.c.user_id)
         .where(mine, devices.c.provider == str(channel), devices.c.status == "active")
     )
+
+
+def _opted_out(
+    channel: Channel, *, category: str | None, group: str | None
+) -> sa.ColumnElement[bool]:
+    """Whether the item's user turned `channel` off for the group or the category.
+
+    Within one group or category, a row for the channel itself wins over the row for "*"
+    (so "everything off but the inbox" is two rows); across them, either one turning the
+    channel off is enough.
+    """
+
+    def row(scope: str, key: str, name: str, enabled: bool) -> sa.Exists:
+        return sa.exists().where(
+            preferences.c.user_id == inbox_items.c.user_id,
+            preferences.c.scope == scope,
+            preferences.c.key == key,
+            preferences.c.channel == name,
+            preferences.c.enabled == enabled,
+        )
+
+    reasons = [
+        sa.or_(
+            row(scope, key, str(channel), False),
+            sa.and_(row(scope, key, "*", False), ~row(scope, key, str(channel), True)),
+        )
+        for scope, key in (("group", group), ("category", category))
+        if key is not None
+    ]
+    return sa.or_(*reasons) if reasons else sa.false()
 
 
 def _item_query() -> sa.Select[Any]:

@@ -92,6 +92,8 @@ users = sa.Table(
     _tenant_fk(),
     sa.Column("external_id", Key, nullable=False),
     sa.Column("email", sa.String(320)),
+    # subscribed | unsubscribed | bounced | complained: whether email may be sent at all.
+    sa.Column("email_status", sa.String(16), nullable=False, server_default="subscribed"),
     sa.Column("locale", sa.String(35)),
     sa.Column("timezone", sa.String(64)),
     sa.Column("attributes", Json, nullable=False),
@@ -226,6 +228,9 @@ inbox_items = sa.Table(
     sa.UniqueConstraint("notification_id", "user_id"),
     sa.Index(None, "user_id", "id"),
     sa.Index(None, "user_id", "status"),
+    sa.Index(None, "tenant_id", "group_key", "created_at"),
+    sa.Index(None, "tenant_id", "category", "created_at"),
+    sa.Index(None, "user_id", "created_at"),
 )
 
 deliveries = sa.Table(
@@ -248,6 +253,9 @@ deliveries = sa.Table(
     # one realtime stream per user.
     sa.Column("endpoint", sa.String(255), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
+    # Copied from the item so statistics filter deliveries without a join.
+    sa.Column("category", Key),
+    sa.Column("group_key", Key),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_attempt_at", UtcDateTime),
     # Leases: a worker owns a claimed delivery until lease_expires_at; `fence` grows with every
@@ -266,6 +274,9 @@ deliveries = sa.Table(
     sa.UniqueConstraint("notification_id", "user_id", "channel", "endpoint"),
     sa.Index(None, "item_id"),
     sa.Index(None, "channel", "status", "next_attempt_at"),
+    sa.Index(None, "tenant_id", "group_key", "created_at"),
+    sa.Index(None, "tenant_id", "category", "created_at"),
+    sa.Index(None, "user_id", "created_at"),
 )
 
 transitions = sa.Table(
@@ -280,6 +291,7 @@ transitions = sa.Table(
     sa.Column("cause", sa.String(64), nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Index(None, "subject", "subject_id"),
+    sa.Index(None, "tenant_id", "id"),
 )
 
 preferences = sa.Table(
@@ -290,9 +302,43 @@ preferences = sa.Table(
     sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     sa.Column("scope", sa.String(16), nullable=False),
     sa.Column("key", Key, nullable=False),
-    # {"channel": bool} per channel, and "*" for all channels.
-    sa.Column("channels", Json, nullable=False),
+    # A channel name, or "*" for every channel; a channel's own row wins over "*".
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
-    sa.UniqueConstraint("user_id", "scope", "key"),
+    sa.UniqueConstraint("user_id", "scope", "key", "channel"),
     sa.CheckConstraint("scope IN ('group', 'category')", name="scope"),
+)
+
+token_keys = sa.Table(
+    "token_keys",
+    metadata,
+    _tenant_fk(),
+    # Tokens name the key as "<tenant id>:<kid>" in their header.
+    sa.Column("kid", sa.String(64), nullable=False),
+    sa.Column("algorithm", sa.String(8), nullable=False),
+    sa.Column("public_key", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "kid"),
+    sa.CheckConstraint("algorithm IN ('ES256', 'RS256')", name="algorithm"),
+)
+
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    # The HMAC signing secret, sealed like every other secret.
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    # The audit-trail id up to which status changes have been delivered.
+    sa.Column("cursor", BigId, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime),
+    sa.Column("last_error", sa.String(500)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "name"),
 )
