@@ -95,13 +95,9 @@ class Run:
 # the floor: scratch copies of the three tables routing fills, same columns and indexes, no FKs
 
 
-def _copy(
-    table: sa.Table,
-    into: sa.MetaData,
-    name: str,
-    *indexes: tuple[str, ...],
-    unique: tuple[str, ...] = (),
-) -> sa.Table:
+def _copy(table: sa.Table, into: sa.MetaData, name: str) -> sa.Table:
+    """`table`'s columns, primary key, unique constraints and indexes (partial ones too), under
+    another name and without foreign keys."""
     columns = [
         sa.Column(
             c.name,
@@ -112,9 +108,15 @@ def _copy(
         )
         for c in table.columns
     ]
-    extra: list[Any] = [sa.Index(None, *cols) for cols in indexes]
-    if unique:
-        extra.append(sa.UniqueConstraint(*unique))
+    extra: list[Any] = [
+        sa.Index(None, *(c.name for c in i.columns), unique=i.unique, **i.dialect_kwargs)
+        for i in table.indexes
+    ]
+    extra += [
+        sa.UniqueConstraint(*(c.name for c in k.columns))
+        for k in table.constraints
+        if isinstance(k, sa.UniqueConstraint)
+    ]
     copy = sa.Table(name, into, *columns, *extra)
     if _shape(copy) != _shape(table):
         raise SystemExit(f"bench/fanout.py: {name} no longer mirrors {table.name}; update it")
@@ -137,25 +139,9 @@ class Floor:
 
     def __init__(self, prefix: str) -> None:
         self.metadata = sa.MetaData(naming_convention=metadata.naming_convention)
-        self.items = _copy(
-            inbox_items,
-            self.metadata,
-            f"{prefix}_inbox_items",
-            ("user_id", "id"),
-            ("user_id", "status"),
-            unique=("notification_id", "user_id"),
-        )
-        self.deliveries = _copy(
-            deliveries,
-            self.metadata,
-            f"{prefix}_deliveries",
-            ("item_id",),
-            ("channel", "status", "next_attempt_at"),
-            unique=("notification_id", "user_id", "channel", "endpoint"),
-        )
-        self.transitions = _copy(
-            transitions, self.metadata, f"{prefix}_transitions", ("subject", "subject_id")
-        )
+        self.items = _copy(inbox_items, self.metadata, f"{prefix}_inbox_items")
+        self.deliveries = _copy(deliveries, self.metadata, f"{prefix}_deliveries")
+        self.transitions = _copy(transitions, self.metadata, f"{prefix}_transitions")
 
     @property
     def names(self) -> list[str]:

@@ -9,20 +9,29 @@ from clarion.adapters.bus.memory import MemoryBus
 from clarion.adapters.sealing import Sealer, load_or_create_key
 from clarion.adapters.storage import engines, migrating
 from clarion.adapters.storage.sql import SqlStore
+from clarion.adapters.storage.statistics import SqlStatistics
+from clarion.adapters.storage.webhooks import SqlWebhooks
+from clarion.adapters.webhooks_http import HttpWebhookSender
 from clarion.domain.channels import REALTIME, Channel
 from clarion.services.accepting import Accepting
 from clarion.services.acknowledging import Acknowledging
+from clarion.services.callbacks import Callbacks
 from clarion.services.clocks import SystemClock
 from clarion.services.delivering import Delivering
+from clarion.services.devices import Devices
 from clarion.services.directory import Directory
+from clarion.services.inboxes import Inboxes
 from clarion.services.ports import Bus, Clock, Transport
 from clarion.services.realtime import Realtime
 from clarion.services.relaying import Relay
 from clarion.services.reporting import Reporting
 from clarion.services.routing import Routing
+from clarion.services.statistics import ProducerStatistics
+from clarion.services.subscriptions import Subscriptions
 from clarion.services.tenancy import Tenancy
 from clarion.services.tokens import UserTokens
 from clarion.settings import Settings
+from clarion.wire.webhooks import parse_networks
 
 
 @dataclass
@@ -42,7 +51,12 @@ class Clarion:
     realtime: Realtime
     acknowledging: Acknowledging
     reporting: Reporting
+    statistics: ProducerStatistics
+    inboxes: Inboxes
+    subscriptions: Subscriptions
+    devices: Devices
     delivering: Delivering
+    callbacks: Callbacks
 
     async def close(self) -> None:
         """Release the database pool."""
@@ -85,6 +99,7 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         interval=settings.worker.relay_interval_seconds,
         redeliver_after=settings.worker.redeliver_after_seconds,
     )
+    acknowledging = Acknowledging(store, bus, clock)
     return Clarion(
         settings=settings,
         store=store,
@@ -103,9 +118,42 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         routing=Routing(store, bus, clock),
         relay=relay,
         realtime=Realtime(store, tokens, clock, page=settings.gateway.backlog_page),
-        acknowledging=Acknowledging(store, bus, clock),
+        acknowledging=acknowledging,
+        inboxes=Inboxes(store, bus, clock, acknowledging),
+        subscriptions=Subscriptions(store, clock),
+        devices=Devices(store, clock),
         reporting=Reporting(store),
+        statistics=ProducerStatistics(SqlStatistics(store.engine), clock),
         delivering=Delivering(store, clock, transports),
+        callbacks=_callbacks(settings, store, clock),
+    )
+
+
+def _callbacks(settings: Settings, store: SqlStore, clock: Clock) -> Callbacks:
+    hooks = settings.webhooks
+    allowed = parse_networks(hooks.allowed_networks)
+    sender = HttpWebhookSender(
+        now=clock.now,
+        allowed_networks=allowed,
+        allow_http=hooks.allow_http,
+        connect_timeout=hooks.connect_timeout_seconds,
+        timeout=hooks.timeout_seconds,
+        max_response_bytes=hooks.max_response_bytes,
+    )
+    return Callbacks(
+        SqlWebhooks(store.engine, sealer_for(settings)),
+        sender,
+        clock,
+        allowed_networks=allowed,
+        allow_http=hooks.allow_http,
+        batch=hooks.batch_size,
+        commit_lag=hooks.commit_lag_seconds,
+        poll_interval=hooks.poll_interval_seconds,
+        retry_base=hooks.retry_base_seconds,
+        retry_max=hooks.retry_max_seconds,
+        timeout=hooks.timeout_seconds,
+        concurrency=hooks.concurrency,
+        max_per_tenant=hooks.max_per_tenant,
     )
 
 

@@ -8,6 +8,7 @@ never at import time.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +74,50 @@ class WorkerSettings(BaseModel):
     drain_seconds: float = Field(10.0, ge=0)
 
 
+class WebhookSettings(BaseModel):
+    """Status webhooks: the callbacks that tell producers what became of their notifications."""
+
+    # CIDRs the operator vouches for, let through the SSRF guard (a receiver on the same private
+    # network, or 127.0.0.1/32 in tests). Empty: only public addresses are ever called.
+    allowed_networks: list[str] = Field(default_factory=list)
+    # Plain http exposes the payload and lets anyone on the path answer for the receiver, so even
+    # when allowed it goes only to the allowed networks above.
+    allow_http: bool = False
+    # Changes per POST: a burst of receipts becomes a few requests, and a body stays ~30 KiB.
+    batch_size: int = Field(100, ge=1, le=1000)
+    # Short, so that a receiver that does not answer holds a dispatch slot for seconds, not minutes.
+    connect_timeout_seconds: float = Field(3.0, gt=0)
+    # For the whole request, resolution to last byte; a trickling receiver cannot stretch it.
+    timeout_seconds: float = Field(10.0, gt=0)
+    # The answer's body is ignored; at most this much is read (a hostile receiver cannot make
+    # Clarion buffer a gigabyte).
+    max_response_bytes: int = Field(16_384, ge=0)
+    # Commit-lag guard: only audit entries older than this are sent. PostgreSQL hands out ids
+    # before commit, so a lower id may become visible after a higher one; waiting this long
+    # before moving the cursor past an id lets such a transaction commit instead of being
+    # skipped. Status changes commit in milliseconds; 2 s is a wide margin.
+    commit_lag_seconds: float = Field(2.0, ge=0)
+    # How often due webhooks are looked for; with the lag guard, a change arrives in ~3 s.
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    # Backoff after failures: doubling from the base to the cap (the cap matches deliveries').
+    retry_base_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(600.0, gt=0)
+    # Webhooks posted to at once, so that one slow receiver never delays another tenant's.
+    concurrency: int = Field(8, ge=1)
+    # Bounds the work one tenant can ask of the dispatcher.
+    max_per_tenant: int = Field(10, ge=1)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR network such as 10.0.0.0/8") from exc
+        return value
+
+
 class Settings(BaseSettings):
     """Everything Clarion can be told."""
 
@@ -98,6 +143,7 @@ class Settings(BaseSettings):
     tokens: TokenSettings = TokenSettings()
     gateway: GatewaySettings = GatewaySettings()
     worker: WorkerSettings = WorkerSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @field_validator("database_url")
     @classmethod

@@ -24,6 +24,7 @@ from tests.conftest import SECRET_KEY
 class LiveApi:
     base_url: str
     api_key: str
+    user_token: str
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,11 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
             tenant.tenant_id, "team", kind="group", name=None, community=None, attributes={}
         )
 
+        issued = await app.tokens.issue(tenant.tenant_id, "fuzzer")
+        await app.directory.ensure_user(tenant.tenant_id, "fuzzer")
+
         def listening(port: int) -> None:
-            found.update(port=port, key=tenant.api_key)
+            found.update(port=port, key=tenant.api_key, token=issued.token)
             ready.set()
 
         await serve(app, stop=stop, on_listening=listening)
@@ -54,7 +58,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
     assert ready.wait(30), "the server did not start"
-    yield LiveApi(f"http://127.0.0.1:{found['port']}", str(found["key"]))
+    yield LiveApi(f"http://127.0.0.1:{found['port']}", str(found["key"]), str(found["token"]))
     loop.call_soon_threadsafe(stop.set)
     thread.join(30)
     loop.close()
@@ -64,10 +68,14 @@ def test_no_generated_request_gets_a_server_error(live_api: LiveApi) -> None:
     # Operations are driven one by one with hypothesis directly: schemathesis's pytest plugin
     # does not load under pytest 9 (it reads a private attribute pytest no longer has).
     schema = schemathesis.openapi.from_url(f"{live_api.base_url}/openapi.json")
-    headers = {"Authorization": f"Bearer {live_api.api_key}"}
     checked = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        # Device routes take the user token; producer routes the API key.
+        credential = (
+            live_api.user_token if operation.path.startswith("/v1/me") else live_api.api_key
+        )
+        headers = {"Authorization": f"Bearer {credential}"}
 
         @hypothesis.given(case=operation.as_strategy())
         @hypothesis.settings(
@@ -78,7 +86,7 @@ def test_no_generated_request_gets_a_server_error(live_api: LiveApi) -> None:
             database=None,
         )
         def check(case: schemathesis.Case) -> None:
-            response = case.call(base_url=live_api.base_url, headers=headers)
+            response = case.call(base_url=live_api.base_url, headers=headers)  # noqa: B023
             assert response.status_code < 500, (case.method, case.formatted_path, response.text)
             if response.status_code >= 400:
                 error = response.json()["error"]

@@ -37,6 +37,7 @@ class UserRecord:
     id: int
     external_id: str
     email: str | None
+    email_status: str
     locale: str | None
     timezone: str | None
     attributes: JsonObject
@@ -172,3 +173,174 @@ class Completion:
     fence: int
     outcome: Outcome
     retry_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A push endpoint of a user: an APNs/FCM token, a WNS channel URI or a Web Push endpoint."""
+
+    id: int
+    user: str
+    provider: str
+    token: str
+    app_id: str | None
+    keys: JsonObject
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    retired_at: datetime | None
+    retired_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadCounts:
+    """How many of a user's items are unread, in all and per group and category."""
+
+    total: int
+    groups: dict[str, int]
+    categories: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class InboxQuery:
+    """Which of a user's items to list, newest first, and from where."""
+
+    statuses: frozenset[Status]
+    group: str | None = None
+    category: str | None = None
+    since: datetime | None = None
+    before: int | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKey:
+    """A public key a tenant registered to sign its own user tokens."""
+
+    kid: str
+    algorithm: str
+    public_key: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsQuery:
+    """Which inbox items (and their deliveries) producer statistics count: all filters hold.
+
+    `since` and `until` bound ``created_at`` (`until` excluded). `user` is an external id;
+    `group` matches the items' group key; `community` matches the community's own key and the
+    key of every group in it. `bucket` is ``"hour"``, ``"day"`` or None (no series).
+    """
+
+    tenant_id: str
+    since: datetime
+    until: datetime
+    user: str | None = None
+    group: str | None = None
+    community: str | None = None
+    category: str | None = None
+    bucket: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCounts:
+    """The items created in one bucket (one hour or day from `start`, in UTC), per status."""
+
+    start: datetime
+    counts: StatusCounts
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """Where the items a `StatisticsQuery` selects stand now, and how fast they were read.
+
+    `recipients` counts inbox items (one per recipient) by status; `channels` counts their
+    deliveries by channel and status. `median_seconds_to_read` is the median of ``read_at -
+    created_at`` over the items read (None when none was). `series` holds the counts per
+    bucket (None when no bucket was asked for).
+    """
+
+    recipients: StatusCounts
+    channels: dict[str, StatusCounts]
+    median_seconds_to_read: float | None
+    series: tuple[BucketCounts, ...] | None = None
+
+    @property
+    def reached(self) -> int:
+        """Items known to have gone out: ``sent + received + read``."""
+        counts = self.recipients.by_status
+        return counts[Status.SENT] + counts[Status.RECEIVED] + counts[Status.READ]
+
+    @property
+    def receive_rate(self) -> float | None:
+        """``(received + read) / (sent + received + read)``; None when nothing went out."""
+        counts = self.recipients.by_status
+        reached = self.reached
+        return (counts[Status.RECEIVED] + counts[Status.READ]) / reached if reached else None
+
+    @property
+    def read_rate(self) -> float | None:
+        """``read / (sent + received + read)``; None when nothing went out."""
+        reached = self.reached
+        return self.recipients.by_status[Status.READ] / reached if reached else None
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsReport:
+    """Statistics with the query they answer (defaults filled in)."""
+
+    query: StatisticsQuery
+    statistics: Statistics
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookInfo:
+    """A tenant's status webhook as listed: never its secret."""
+
+    name: str
+    url: str
+    enabled: bool
+    cursor: int
+    """The audit-trail id up to which changes have been delivered."""
+    failures: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DueWebhook:
+    """A webhook the dispatcher holds a lease on, with its opened secret."""
+
+    id: int
+    tenant_id: str
+    name: str
+    url: str
+    secret: str
+    cursor: int
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One status change of an inbox item, as status webhooks report it."""
+
+    id: int
+    """The audit-trail entry's id: increasing, so receivers can order and de-duplicate."""
+    item_id: int
+    notification_id: str
+    event_id: str
+    user: str
+    source: Status | None
+    target: Status
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """The next status changes for a webhook, and where its cursor goes once they are delivered
+    (past entries that are not reported, such as deliveries' own moves)."""
+
+    changes: tuple[StatusChange, ...]
+    cursor: int

@@ -50,6 +50,12 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 }
 """Every allowed move, and nothing else: ``TRANSITIONS[current]`` is where ``current`` may go."""
 
+UNREAD: frozenset[Status] = frozenset({Status.PENDING, Status.SENT, Status.RECEIVED, Status.FAILED})
+"""What an inbox counts as unread: not read yet, and neither withheld nor expired."""
+
+VISIBLE: frozenset[Status] = frozenset(Status) - {Status.SUPPRESSED}
+"""What an inbox lists at all: a suppressed item was never meant to reach the user."""
+
 TERMINAL: frozenset[Status] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
 """States nothing leaves."""
 

@@ -17,7 +17,17 @@ from clarion import __version__
 from clarion.bootstrap import Clarion
 from clarion.entrypoints.api import errors as api_errors
 from clarion.entrypoints.api.limits import BodyLimit
-from clarion.entrypoints.api.routes import directory, events, health, tokens
+from clarion.entrypoints.api.routes import (
+    devices,
+    directory,
+    events,
+    health,
+    me,
+    stats,
+    token_keys,
+    tokens,
+    webhooks,
+)
 from clarion.entrypoints.gateway import websocket
 from clarion.entrypoints.gateway.hub import Hub
 from clarion.entrypoints.worker.routers import run_routers
@@ -55,7 +65,7 @@ def create_app(clarion: Clarion) -> FastAPI:
     app.state.clarion = clarion
     app.state.hub = hub
     api_errors.install(app)
-    for module in (events, directory, tokens, health):
+    for module in (events, directory, tokens, token_keys, devices, me, stats, webhooks, health):
         app.include_router(module.router)
     app.include_router(websocket.router)
     return app
@@ -103,6 +113,7 @@ async def serve(
                     )
                 )
                 group.create_task(clarion.delivering.run(stop))
+                group.create_task(clarion.callbacks.run(stop))
             if api:
                 _, served = asgi(clarion)
                 config = uvicorn.Config(

@@ -7,29 +7,39 @@ do it set-based (``INSERT ... SELECT``, ``UPDATE ... WHERE id IN``), never a row
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
 from clarion.domain.channels import Channel
-from clarion.domain.notifications import EventSpec, JsonObject
+from clarion.domain.notifications import EventSpec, InboxItem, JsonObject
 from clarion.domain.outcomes import Outcome
 from clarion.domain.records import (
     Addressed,
     ApiKeyInfo,
+    ChangeBatch,
     Claimed,
     Completion,
+    Device,
+    DueWebhook,
     EventReport,
     GroupRecord,
+    InboxQuery,
     Moved,
     OutboxEntry,
     RecipientReport,
     Routed,
+    Statistics,
+    StatisticsQuery,
+    StatisticsReport,
     StoredEvent,
     StoredKey,
+    TokenKey,
+    UnreadCounts,
     UserFields,
     UserRecord,
+    WebhookInfo,
 )
 from clarion.domain.statuses import Status
 
@@ -37,22 +47,35 @@ __all__ = [
     "Addressed",
     "ApiKeyInfo",
     "Bus",
+    "ChangeBatch",
     "Claimed",
     "Clock",
     "Completion",
+    "Device",
+    "DueWebhook",
     "Envelope",
     "EventReport",
     "GroupRecord",
+    "InboxQuery",
     "Moved",
     "OutboxEntry",
     "RecipientReport",
     "Routed",
+    "Statistics",
+    "StatisticsQuery",
+    "StatisticsReport",
+    "StatisticsStore",
     "Store",
     "StoredEvent",
     "StoredKey",
+    "TokenKey",
     "Transport",
+    "UnreadCounts",
     "UserFields",
     "UserRecord",
+    "WebhookInfo",
+    "WebhookSender",
+    "WebhookStore",
 ]
 
 
@@ -249,6 +272,96 @@ class Store(Protocol):
         None when the item is not this user's."""
         ...
 
+    # the user's own side
+    async def inbox(self, tenant_id: str, user_id: int, query: InboxQuery) -> list[InboxItem]:
+        """The user's items matching `query`, newest first."""
+        ...
+
+    async def inbox_item(self, tenant_id: str, user_id: int, item_id: int) -> InboxItem | None:
+        """One of the user's visible items, or None (also when it is someone else's)."""
+        ...
+
+    async def unread_counts(self, tenant_id: str, user_id: int) -> UnreadCounts:
+        """Unread items in all, per group and per category."""
+        ...
+
+    async def read_all(
+        self,
+        tenant_id: str,
+        user_id: int,
+        *,
+        group: str | None,
+        category: str | None,
+        cause: str,
+        now: datetime,
+    ) -> list[int]:
+        """Mark the user's unread items (of a group and/or category) read; the ids moved."""
+        ...
+
+    async def put_preferences(
+        self,
+        tenant_id: str,
+        user_id: int,
+        scope: str,
+        key: str,
+        channels: dict[str, bool],
+        now: datetime,
+    ) -> None:
+        """Replace the user's channel switches for one group or category."""
+        ...
+
+    async def preferences(
+        self, tenant_id: str, user_id: int
+    ) -> dict[str, dict[str, dict[str, bool]]]:
+        """The user's switches: scope → key → channel → enabled."""
+        ...
+
+    async def put_device(
+        self,
+        tenant_id: str,
+        external_id: str,
+        *,
+        provider: str,
+        token: str,
+        app_id: str | None,
+        keys: JsonObject,
+        now: datetime,
+    ) -> tuple[Device, bool]:
+        """Register a token for the user (moving or reviving it); True if new."""
+        ...
+
+    async def delete_device(self, tenant_id: str, external_id: str, token: str) -> bool:
+        """Unregister the user's device(s) with this token."""
+        ...
+
+    async def devices_of(self, tenant_id: str, external_id: str) -> list[Device]:
+        """The user's devices."""
+        ...
+
+    async def set_email_status(
+        self, tenant_id: str, user_id: int, status: str, now: datetime
+    ) -> str | None:
+        """Set the user's email subscription; the status after, None without an address."""
+        ...
+
+    async def put_token_key(
+        self, tenant_id: str, kid: str, *, algorithm: str, public_key: str, now: datetime
+    ) -> bool:
+        """Register or replace a token-signing public key; True if new."""
+        ...
+
+    async def token_key(self, tenant_id: str, kid: str) -> TokenKey | None:
+        """A registered key, or None."""
+        ...
+
+    async def token_keys(self, tenant_id: str, kid: str | None = None) -> list[TokenKey]:
+        """The tenant's registered keys."""
+        ...
+
+    async def delete_token_key(self, tenant_id: str, kid: str) -> bool:
+        """Forget a key."""
+        ...
+
     # reports
     async def event_report(self, tenant_id: str, event_id: str) -> EventReport | None:
         """The event and its per-status counts, or None."""
@@ -271,6 +384,18 @@ class Store(Protocol):
         self, completions: Sequence[Completion], now: datetime
     ) -> list[int]:
         """Apply outcomes; those whose fence is stale are ignored. The ids applied."""
+        ...
+
+
+class StatisticsStore(Protocol):
+    """Aggregates over inbox items and their deliveries, for producers. Read-only: every call
+    reads one snapshot, and counts with SQL aggregates, never row by row."""
+
+    async def statistics(self, query: StatisticsQuery) -> Statistics | None:
+        """Counts per status (items) and per channel and status (deliveries), the median time
+        to read, and (when `query.bucket` is set) the counts per bucket that holds any item,
+        in bucket order. Only the tenant's rows count. None when `query.user` names no user of
+        the tenant."""
         ...
 
 
@@ -315,4 +440,76 @@ class Transport(Protocol):
 
     async def send(self, batch: Sequence[Claimed]) -> Sequence[Outcome]:
         """One outcome per delivery, in order. Never raises for a provider's answer."""
+        ...
+
+
+class WebhookStore(Protocol):
+    """Status webhooks and the audit trail they tail. Every method is one transaction."""
+
+    async def put_webhook(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        url: str,
+        secret: str | None,
+        new_secret: str,
+        enabled: bool,
+        max_webhooks: int,
+        now: datetime,
+    ) -> tuple[WebhookInfo, bool]:
+        """Create or update a webhook; the flag says whether it was created. A new webhook gets
+        `secret`, or `new_secret` when that is None, and a cursor at the tenant's newest audit
+        entry; an existing one keeps its secret unless `secret` is given, and keeps its cursor.
+
+        Raises:
+            errors.Conflict: creating it would give the tenant more than `max_webhooks`.
+        """
+        ...
+
+    async def list_webhooks(self, tenant_id: str) -> list[WebhookInfo]:
+        """The tenant's webhooks, by name."""
+        ...
+
+    async def delete_webhook(self, tenant_id: str, name: str) -> bool:
+        """Forget a webhook; False when the tenant has none of that name."""
+        ...
+
+    async def claim_webhooks(
+        self, *, now: datetime, settled_before: datetime, lease_seconds: float, limit: int
+    ) -> list[DueWebhook]:
+        """Lease up to `limit` enabled, due webhooks (any tenant) that have audit entries past
+        their cursor written before `settled_before`; none is leased twice at once."""
+        ...
+
+    async def status_changes(
+        self, tenant_id: str, *, after: int, settled_before: datetime, limit: int
+    ) -> ChangeBatch:
+        """Up to `limit` item status changes (not creations as `pending`) with audit ids above
+        `after`, in id order, and the cursor that delivering them earns. Ids are only taken up
+        to the newest entry written before `settled_before`, so that a transaction still
+        committing a lower id is waited for rather than skipped."""
+        ...
+
+    async def webhook_delivered(self, webhook_id: int, *, cursor: int, now: datetime) -> None:
+        """Move the cursor forward to `cursor`, clear the failures and release the lease."""
+        ...
+
+    async def webhook_failed(
+        self, webhook_id: int, *, error: str, retry_at: datetime, now: datetime
+    ) -> None:
+        """Count a failure, keep `error`, and make the webhook due again at `retry_at`."""
+        ...
+
+
+class WebhookSender(Protocol):
+    """POSTs a signed batch to a webhook URL, guarding against SSRF on every request."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Outcome:
+        """`Delivered` on a 2xx; `RetryLater` for every failure, including a refused address.
+        Never raises for anything the network or the receiver does."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the sender may be used again afterwards."""
         ...

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from clarion.domain.channels import Channel
 from clarion.domain.notifications import parse_cursor
 from clarion.services.ports import Addressed, Clock, Store
-from clarion.services.tokens import Identity, UserTokens
+from clarion.services.tokens import Principal, UserTokens
 
 
 class Realtime:
@@ -22,19 +22,9 @@ class Realtime:
         self._clock = clock
         self._page = page
 
-    async def identify(self, token: str) -> tuple[Identity, int]:
-        """Who a token opens a socket for, and that user's internal id.
-
-        A user first mentioned by a token the tenant signed itself is created, as anywhere else.
-
-        Raises:
-            errors.InvalidUserToken: the token is bad.
-        """
-        identity = await self._tokens.verify(token)
-        user_id = await self._store.ensure_user(
-            identity.tenant_id, identity.user, self._clock.now()
-        )
-        return identity, user_id
+    async def identify(self, token: str) -> Principal:
+        """Who a token opens a socket for (see `UserTokens.authenticate`)."""
+        return await self._tokens.authenticate(token)
 
     async def missed(
         self, tenant_id: str, user_id: int, since: str | None

@@ -146,6 +146,11 @@ def status_frame(item_id: int, status: Status) -> dict[str, Any]:
     return {"type": "status", "id": item_id, "status": str(status)}
 
 
+def statuses_frame(item_ids: list[int], status: Status) -> dict[str, Any]:
+    """Many items of this user changed status at once (a bulk read elsewhere)."""
+    return {"type": "statuses", "ids": item_ids, "status": str(status)}
+
+
 def ack_frame(item_id: int, status: Status) -> dict[str, Any]:
     """The answer to a receipt: the item's status after it (which may be further along)."""
     return {"type": "ack", "id": item_id, "status": str(status)}

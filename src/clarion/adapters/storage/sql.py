@@ -33,13 +33,21 @@ from clarion.adapters.storage.tables import (
     outbox,
     preferences,
     tenants,
+    token_keys,
     transitions,
     users,
 )
 from clarion.domain import errors, outcomes, records as ports, routing
 from clarion.domain.channels import REALTIME, Channel
 from clarion.domain.notifications import EventSpec, InboxItem, JsonObject, StatusCounts
-from clarion.domain.statuses import Status, Subject, Transition, sources_of, timestamp_field
+from clarion.domain.statuses import (
+    UNREAD,
+    Status,
+    Subject,
+    Transition,
+    sources_of,
+    timestamp_field,
+)
 
 EVENTS_STREAM = "events"
 """The outbox topic that carries accepted events to the router."""
@@ -196,7 +204,7 @@ class SqlStore:
     async def put_user(
         self, tenant_id: str, external_id: str, fields: ports.UserFields, now: datetime
     ) -> tuple[ports.UserRecord, bool]:
-        values = {
+        values: dict[str, Any] = {
             "email": fields.email,
             "locale": fields.locale,
             "timezone": fields.timezone,
@@ -214,6 +222,10 @@ class SqlStore:
                     )
                 )
             else:
+                before = await conn.scalar(sa.select(users.c.email).where(users.c.id == existing))
+                if before != fields.email:
+                    # A new address has not bounced or unsubscribed yet.
+                    values["email_status"] = "subscribed"
                 await conn.execute(users.update().where(users.c.id == existing).values(**values))
             record = await self._user(conn, tenant_id, external_id)
         assert record is not None
@@ -233,6 +245,7 @@ class SqlStore:
             id=row.id,
             external_id=row.external_id,
             email=row.email,
+            email_status=row.email_status,
             locale=row.locale,
             timezone=row.timezone,
             attributes=row.attributes,
@@ -890,6 +903,385 @@ class SqlStore:
             status=target if moved else before,
             changed=bool(moved),
         )
+
+    # -----------------------------------------------------------------------------------------
+    # the user's own side: inbox, bulk reads, preferences, devices, email
+
+    async def inbox(self, tenant_id: str, user_id: int, query: ports.InboxQuery) -> list[InboxItem]:
+        """The user's items matching `query`, newest first."""
+        conditions = [
+            inbox_items.c.tenant_id == tenant_id,
+            inbox_items.c.user_id == user_id,
+            inbox_items.c.status.in_([str(s) for s in query.statuses]),
+        ]
+        if query.group is not None:
+            conditions.append(inbox_items.c.group_key == query.group)
+        if query.category is not None:
+            conditions.append(inbox_items.c.category == query.category)
+        if query.since is not None:
+            conditions.append(inbox_items.c.created_at >= query.since)
+        if query.before is not None:
+            conditions.append(inbox_items.c.id < query.before)
+        async with self._read() as conn:
+            rows = await conn.execute(
+                _item_query()
+                .where(*conditions)
+                .order_by(inbox_items.c.id.desc())
+                .limit(query.limit)
+            )
+            return [_addressed(r).item for r in rows]
+
+    async def inbox_item(self, tenant_id: str, user_id: int, item_id: int) -> InboxItem | None:
+        """One of the user's items, or None (also when it is someone else's)."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    _item_query().where(
+                        inbox_items.c.tenant_id == tenant_id,
+                        inbox_items.c.user_id == user_id,
+                        inbox_items.c.id == item_id,
+                        inbox_items.c.status != str(Status.SUPPRESSED),
+                    )
+                )
+            ).first()
+        return None if row is None else _addressed(row).item
+
+    async def unread_counts(self, tenant_id: str, user_id: int) -> ports.UnreadCounts:
+        """Unread items in all, per group and per category, in one aggregate."""
+        mine = sa.and_(
+            inbox_items.c.tenant_id == tenant_id,
+            inbox_items.c.user_id == user_id,
+            inbox_items.c.status.in_([str(s) for s in UNREAD]),
+        )
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        inbox_items.c.group_key,
+                        inbox_items.c.category,
+                        sa.func.count().label("n"),
+                    )
+                    .where(mine)
+                    .group_by(inbox_items.c.group_key, inbox_items.c.category)
+                )
+            ).all()
+        groups: dict[str, int] = {}
+        categories: dict[str, int] = {}
+        for r in rows:
+            if r.group_key is not None:
+                groups[r.group_key] = groups.get(r.group_key, 0) + r.n
+            if r.category is not None:
+                categories[r.category] = categories.get(r.category, 0) + r.n
+        return ports.UnreadCounts(
+            total=sum(r.n for r in rows), groups=groups, categories=categories
+        )
+
+    async def read_all(
+        self,
+        tenant_id: str,
+        user_id: int,
+        *,
+        group: str | None,
+        category: str | None,
+        cause: str,
+        now: datetime,
+    ) -> list[int]:
+        """Mark every unread item of the user (in the group and/or category) read, set-based:
+        one statement records the moves in the audit trail, one makes them. The ids moved."""
+        sources = [str(s) for s in sources_of(Status.READ)]
+        conditions = [
+            inbox_items.c.tenant_id == tenant_id,
+            inbox_items.c.user_id == user_id,
+            inbox_items.c.status.in_(sources),
+        ]
+        if group is not None:
+            conditions.append(inbox_items.c.group_key == group)
+        if category is not None:
+            conditions.append(inbox_items.c.category == category)
+        async with self._write() as conn:
+            # Lock and read the rows that will move; on SQLite the write lock already holds.
+            moving = (
+                (
+                    await conn.execute(
+                        self._locked(sa.select(inbox_items.c.id).where(*conditions)).order_by(
+                            inbox_items.c.id
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not moving:
+                return []
+            await conn.execute(
+                transitions.insert().from_select(
+                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                    sa.select(
+                        sa.literal(tenant_id),
+                        sa.literal(str(Subject.ITEM)),
+                        inbox_items.c.id,
+                        inbox_items.c.status,
+                        sa.literal(str(Status.READ)),
+                        sa.literal(cause),
+                        sa.literal(now, UtcNow),
+                    )
+                    .where(*conditions)
+                    .order_by(inbox_items.c.id),
+                )
+            )
+            await conn.execute(
+                inbox_items.update().where(*conditions).values(status=str(Status.READ), read_at=now)
+            )
+        return list(moving)
+
+    async def put_preferences(
+        self,
+        tenant_id: str,
+        user_id: int,
+        scope: str,
+        key: str,
+        channels: dict[str, bool],
+        now: datetime,
+    ) -> None:
+        """Replace the user's channel switches for one group or category; none re-subscribes."""
+        async with self._write() as conn:
+            await conn.execute(
+                preferences.delete().where(
+                    preferences.c.user_id == user_id,
+                    preferences.c.scope == scope,
+                    preferences.c.key == key,
+                )
+            )
+            if channels:
+                await conn.execute(
+                    preferences.insert(),
+                    [
+                        {
+                            "tenant_id": tenant_id,
+                            "user_id": user_id,
+                            "scope": scope,
+                            "key": key,
+                            "channel": channel,
+                            "enabled": enabled,
+                            "updated_at": now,
+                        }
+                        for channel, enabled in sorted(channels.items())
+                    ],
+                )
+
+    async def preferences(
+        self, tenant_id: str, user_id: int
+    ) -> dict[str, dict[str, dict[str, bool]]]:
+        """The user's switches: scope → key → channel → enabled."""
+        result: dict[str, dict[str, dict[str, bool]]] = {"group": {}, "category": {}}
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(
+                    preferences.c.scope,
+                    preferences.c.key,
+                    preferences.c.channel,
+                    preferences.c.enabled,
+                )
+                .where(preferences.c.tenant_id == tenant_id, preferences.c.user_id == user_id)
+                .order_by(preferences.c.scope, preferences.c.key, preferences.c.channel)
+            )
+            for r in rows:
+                result[r.scope].setdefault(r.key, {})[r.channel] = bool(r.enabled)
+        return result
+
+    async def put_device(
+        self,
+        tenant_id: str,
+        external_id: str,
+        *,
+        provider: str,
+        token: str,
+        app_id: str | None,
+        keys: JsonObject,
+        now: datetime,
+    ) -> tuple[ports.Device, bool]:
+        """Register a token for the user: moved from whoever had it, revived if retired."""
+        async with self._write() as conn:
+            await self._create_users(conn, tenant_id, [external_id], now)
+            user_id = await conn.scalar(
+                sa.select(users.c.id).where(_user_is(tenant_id, external_id))
+            )
+            existing = await conn.scalar(
+                self._locked(
+                    sa.select(devices.c.id).where(
+                        devices.c.tenant_id == tenant_id,
+                        devices.c.provider == provider,
+                        devices.c.token == token,
+                    )
+                )
+            )
+            values = {
+                "user_id": user_id,
+                "app_id": app_id,
+                "keys": keys,
+                "status": "active",
+                "retired_at": None,
+                "retired_reason": None,
+                "updated_at": now,
+            }
+            if existing is None:
+                device_id = (
+                    await conn.execute(
+                        devices.insert()
+                        .values(
+                            tenant_id=tenant_id,
+                            provider=provider,
+                            token=token,
+                            created_at=now,
+                            **values,
+                        )
+                        .returning(devices.c.id)
+                    )
+                ).scalar_one()
+            else:
+                device_id = existing
+                await conn.execute(
+                    devices.update().where(devices.c.id == existing).values(**values)
+                )
+            device = await self._devices(conn, tenant_id, devices.c.id == device_id)
+        return device[0], existing is None
+
+    async def delete_device(self, tenant_id: str, external_id: str, token: str) -> bool:
+        """Unregister the user's device(s) with this token; False when the user has none."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                devices.delete().where(
+                    devices.c.tenant_id == tenant_id,
+                    devices.c.token == token,
+                    devices.c.user_id.in_(
+                        sa.select(users.c.id).where(_user_is(tenant_id, external_id))
+                    ),
+                )
+            )
+            return bool(result.rowcount)
+
+    async def devices_of(self, tenant_id: str, external_id: str) -> list[ports.Device]:
+        """The user's devices, active and retired, oldest first."""
+        async with self._read() as conn:
+            return await self._devices(
+                conn,
+                tenant_id,
+                devices.c.user_id.in_(
+                    sa.select(users.c.id).where(_user_is(tenant_id, external_id))
+                ),
+            )
+
+    async def _devices(
+        self, conn: AsyncConnection, tenant_id: str, condition: sa.ColumnElement[bool]
+    ) -> list[ports.Device]:
+        rows = await conn.execute(
+            sa.select(devices, users.c.external_id)
+            .join(users, users.c.id == devices.c.user_id)
+            .where(devices.c.tenant_id == tenant_id, condition)
+            .order_by(devices.c.id)
+        )
+        return [
+            ports.Device(
+                id=r.id,
+                user=r.external_id,
+                provider=r.provider,
+                token=r.token,
+                app_id=r.app_id,
+                keys=r.keys,
+                status=r.status,
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+                retired_at=r.retired_at,
+                retired_reason=r.retired_reason,
+            )
+            for r in rows
+        ]
+
+    async def set_email_status(
+        self, tenant_id: str, user_id: int, status: str, now: datetime
+    ) -> str | None:
+        """Set the user's email subscription, unless the address bounced or complained (those
+        only clear with a new address). The status afterwards; None if the user has no email."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    self._locked(
+                        sa.select(users.c.email, users.c.email_status).where(
+                            users.c.tenant_id == tenant_id, users.c.id == user_id
+                        )
+                    )
+                )
+            ).first()
+            if row is None or row.email is None:
+                return None
+            if row.email_status in ("bounced", "complained"):
+                return str(row.email_status)
+            await conn.execute(
+                users.update()
+                .where(users.c.id == user_id)
+                .values(email_status=status, updated_at=now)
+            )
+        return status
+
+    async def put_token_key(
+        self, tenant_id: str, kid: str, *, algorithm: str, public_key: str, now: datetime
+    ) -> bool:
+        """Register or replace a token-signing public key; True if it is new."""
+        async with self._write() as conn:
+            existing = await conn.scalar(
+                sa.select(token_keys.c.kid).where(
+                    token_keys.c.tenant_id == tenant_id, token_keys.c.kid == kid
+                )
+            )
+            if existing is None:
+                await conn.execute(
+                    token_keys.insert().values(
+                        tenant_id=tenant_id,
+                        kid=kid,
+                        algorithm=algorithm,
+                        public_key=public_key,
+                        created_at=now,
+                    )
+                )
+            else:
+                await conn.execute(
+                    token_keys.update()
+                    .where(token_keys.c.tenant_id == tenant_id, token_keys.c.kid == kid)
+                    .values(algorithm=algorithm, public_key=public_key, created_at=now)
+                )
+        return existing is None
+
+    async def token_key(self, tenant_id: str, kid: str) -> ports.TokenKey | None:
+        """A registered key, or None."""
+        keys = await self.token_keys(tenant_id, kid)
+        return keys[0] if keys else None
+
+    async def token_keys(self, tenant_id: str, kid: str | None = None) -> list[ports.TokenKey]:
+        """The tenant's registered keys (or the one named)."""
+        query = sa.select(token_keys).where(token_keys.c.tenant_id == tenant_id)
+        if kid is not None:
+            query = query.where(token_keys.c.kid == kid)
+        async with self._read() as conn:
+            rows = await conn.execute(query.order_by(token_keys.c.kid))
+            return [
+                ports.TokenKey(
+                    kid=r.kid,
+                    algorithm=r.algorithm,
+                    public_key=r.public_key,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            ]
+
+    async def delete_token_key(self, tenant_id: str, kid: str) -> bool:
+        """Forget a key; tokens it signed stop working at once."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                token_keys.delete().where(
+                    token_keys.c.tenant_id == tenant_id, token_keys.c.kid == kid
+                )
+            )
+            return bool(result.rowcount)
 
     # -----------------------------------------------------------------------------------------
     # reports

@@ -8,6 +8,7 @@ from fastapi import Depends, Header, Path, Request
 
 from clarion.bootstrap import Clarion
 from clarion.domain import errors, identifiers
+from clarion.services.tokens import Principal
 
 
 def clarion(request: Request) -> Clarion:
@@ -35,6 +36,20 @@ async def tenant(
 Tenant = Annotated[str, Depends(tenant)]
 
 
+async def principal(
+    app: App,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    """The user whose token authorises this request; everything it reaches is theirs."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise errors.Unauthorized("send the user token as 'Authorization: Bearer <token>'")
+    return await app.tokens.authenticate(token.strip())
+
+
+Me = Annotated[Principal, Depends(principal)]
+
+
 def _checked(name: str, value: str) -> str:
     if not identifiers.is_valid_key(value):
         raise errors.InvalidIdentifier(f"'{name}' is not a valid key")
@@ -53,3 +68,11 @@ def group_key(group: Annotated[str, Path(max_length=1000)]) -> str:
 
 UserKey = Annotated[str, Depends(user_key)]
 GroupKey = Annotated[str, Depends(group_key)]
+
+
+def device_token(token: Annotated[str, Path(max_length=2000)]) -> str:
+    """The device token in the path (URL-encoded when it is a URL)."""
+    return token
+
+
+DeviceToken = Annotated[str, Depends(device_token)]

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from clarion.domain import identifiers
 from clarion.domain.channels import Channel
-from clarion.domain.notifications import StatusCounts
+from clarion.domain.notifications import InboxItem, StatusCounts
 from clarion.domain.statuses import Status, Transition
 
 
@@ -193,6 +193,7 @@ class UserOut(BaseModel):
 
     id: str
     email: str | None
+    email_status: str
     locale: str | None
     timezone: str | None
     attributes: dict[str, Any]
@@ -256,3 +257,144 @@ class ErrorOut(BaseModel):
     """Every 4xx and 5xx answer."""
 
     error: ErrorDetail
+
+
+class InboxItemOut(BaseModel):
+    """One notification in a user's inbox."""
+
+    id: int
+    notification_id: str
+    event_id: str
+    event_type: str
+    title: str | None
+    body: str | None
+    data: dict[str, Any]
+    category: str | None
+    group: str | None
+    status: Status
+    created_at: datetime
+    cursor: str
+
+    @classmethod
+    def of(cls, item: InboxItem) -> InboxItemOut:
+        """From the domain's item."""
+        return cls(
+            id=item.id,
+            notification_id=item.notification_id,
+            event_id=item.event_id,
+            event_type=item.type,
+            title=item.title,
+            body=item.body,
+            data=item.data,
+            category=item.category,
+            group=item.group,
+            status=item.status,
+            created_at=item.created_at,
+            cursor=item.cursor,
+        )
+
+
+class InboxPage(BaseModel):
+    """A page of the inbox, newest first; pass `next_cursor` as `cursor` for the next one."""
+
+    items: list[InboxItemOut]
+    next_cursor: str | None
+
+
+class UnreadCountsOut(BaseModel):
+    """Unread notifications, in all and per group and category."""
+
+    total: int
+    groups: dict[str, int]
+    categories: dict[str, int]
+
+
+class ReceiptOut(BaseModel):
+    """An item's status after a receipt (further along if it already was)."""
+
+    id: int
+    status: Status
+
+
+class ReadAllIn(Input):
+    """Which unread items to mark read: all, or those of a group and/or category."""
+
+    group: Key | None = None
+    category: Key | None = None
+
+
+class ReadAllOut(BaseModel):
+    """How many items a bulk read moved."""
+
+    read: int
+
+
+class PreferencesIn(Input):
+    """Channel switches for one group or category: a channel name or "*" to true/false."""
+
+    channels: Annotated[dict[str, bool], Field(max_length=16)]
+
+
+class PreferencesOut(BaseModel):
+    """The switches now in force for one group or category."""
+
+    channels: dict[str, bool]
+
+
+class AllPreferencesOut(BaseModel):
+    """Every switch of the user."""
+
+    groups: dict[str, dict[str, bool]]
+    categories: dict[str, dict[str, bool]]
+
+
+class DeviceIn(Input):
+    """A push endpoint to register."""
+
+    provider: Literal["apns", "fcm", "wns", "webpush"]
+    app_id: Annotated[Text, Field(max_length=255)] | None = None
+    keys: Annotated[dict[str, Text], Field(max_length=4)] = {}
+
+
+class DeviceOut(BaseModel):
+    """A registered push endpoint; the token is shown masked."""
+
+    id: int
+    provider: str
+    token: str
+    app_id: str | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    retired_at: datetime | None
+    retired_reason: str | None
+
+
+class EmailIn(Input):
+    """The user's own choice about email."""
+
+    status: Literal["subscribed", "unsubscribed"]
+
+
+class EmailOut(BaseModel):
+    """The user's email subscription."""
+
+    email: str | None
+    status: str
+
+
+class TokenKeyIn(Input):
+    """A public key for tokens the tenant signs itself."""
+
+    algorithm: Literal["ES256", "RS256"]
+    public_key: Annotated[str, Field(max_length=10_000)]
+
+
+class TokenKeyOut(BaseModel):
+    """A registered token key; tokens name it as ``kid: "<tenant id>:<name>"``."""
+
+    name: str
+    kid: str
+    algorithm: str
+    public_key: str
+    created_at: datetime

@@ -197,6 +197,8 @@ def config_check(data_dir: DataDir = None) -> None:
         problems.append("gateway.idle_timeout_seconds must exceed gateway.heartbeat_seconds")
     if settings.tokens.default_ttl_seconds > settings.tokens.max_ttl_seconds:
         problems.append("tokens.default_ttl_seconds exceeds tokens.max_ttl_seconds")
+    if settings.webhooks.retry_base_seconds > settings.webhooks.retry_max_seconds:
+        problems.append("webhooks.retry_base_seconds exceeds webhooks.retry_max_seconds")
     if settings.secret_key:
         import base64
         import binascii

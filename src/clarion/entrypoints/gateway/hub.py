@@ -140,3 +140,7 @@ class Hub:
             frame = frames.status_frame(message["item_id"], Status(message["status"]))
             for session in tuple(users.get(message["user_id"], ())):
                 session.offer(frame)
+        elif message.get("kind") == "statuses":
+            frame = frames.statuses_frame(message["item_ids"], Status(message["status"]))
+            for session in tuple(users.get(message["user_id"], ())):
+                session.offer(frame)

@@ -84,21 +84,21 @@ class _Connection:
             if token is None:
                 token, since = await self._await_auth()
             try:
-                identity, user_id = await self._app.realtime.identify(token)
+                principal = await self._app.realtime.identify(token)
             except errors.InvalidUserToken as exc:
                 await self._send(frames.error_frame(exc))
                 raise _Closing(CLOSE_UNAUTHORIZED, exc.code) from exc
             session = Session(
-                identity.tenant_id,
-                user_id,
-                identity.user,
+                principal.tenant_id,
+                principal.user_id,
+                principal.user,
                 capacity=self._settings.send_queue_frames,
             )
             self._session = session
-            self._expires_at = identity.expires_at
+            self._expires_at = principal.expires_at
             session.offer(
                 frames.ready_frame(
-                    user=identity.user,
+                    user=principal.user,
                     heartbeat_seconds=self._settings.heartbeat_seconds,
                     idle_timeout_seconds=self._settings.idle_timeout_seconds,
                 )

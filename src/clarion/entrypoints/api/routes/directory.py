@@ -15,6 +15,7 @@ def _user(record: UserRecord) -> schemas.UserOut:
     return schemas.UserOut(
         id=record.external_id,
         email=record.email,
+        email_status=record.email_status,
         locale=record.locale,
         timezone=record.timezone,
         attributes=record.attributes,
