@@ -51,6 +51,12 @@ async def _inbox(me: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
     return list(response.json()["items"])
 
 
+async def _team_stats(t: Tenant) -> dict[str, int]:
+    stats = (await t.http.get("/v1/stats", params={"group": "team"})).json()
+    counts: dict[str, int] = stats["recipients"]["by_status"]
+    return {k: v for k, v in counts.items() if v}
+
+
 async def test_a_scripted_device_session(server: Running, tenant: Tenant) -> None:
     t = tenant
     await t.http.put("/v1/groups/team", json={})
@@ -66,6 +72,7 @@ async def test_a_scripted_device_session(server: Running, tenant: Tenant) -> Non
         await _routed(t, first)
         [item] = await _inbox(me)
         assert (item["event_id"], item["group"], item["category"]) == (first, "team", "billing")
+        assert await _team_stats(t) == {"pending": 2}
         assert (await me.get("/v1/me/unread-counts")).json() == {
             "total": 1,
             "groups": {"team": 1},
@@ -73,10 +80,12 @@ async def test_a_scripted_device_session(server: Running, tenant: Tenant) -> Non
         }
         received = await me.post(f"/v1/me/notifications/{item['id']}/received")
         assert received.json() == {"id": item["id"], "status": "received"}
+        assert await _team_stats(t) == {"pending": 1, "received": 1}
         read = await me.post(f"/v1/me/notifications/{item['id']}/read")
         assert read.json() == {"id": item["id"], "status": "read"}
         late = await me.post(f"/v1/me/notifications/{item['id']}/received")
         assert late.json()["status"] == "read"  # never backwards
+        assert await _team_stats(t) == {"pending": 1, "read": 1}
 
         for n in range(3):
             await _routed(
@@ -97,6 +106,7 @@ async def test_a_scripted_device_session(server: Running, tenant: Tenant) -> Non
         assert report["recipients"]["by_status"]["suppressed"] == 1  # ann
         assert report["recipients"]["by_status"]["pending"] == 1  # bob
         assert muted not in [i["event_id"] for i in await _inbox(me)]
+        assert await _team_stats(t) == {"pending": 2, "read": 1, "suppressed": 1}
         assert (await me.get("/v1/me/preferences")).json() == {
             "groups": {"team": {"*": False}},
             "categories": {},
