@@ -396,3 +396,51 @@ async def test_me_routes_need_a_user_token(sqlite_server: Running, header: str |
         response = await http.get("/v1/me/notifications")
     assert response.status_code == 401
     assert response.json()["error"]["code"] in ("unauthorized", "invalid_user_token")
+
+
+async def test_what_a_user_opted_out_of_never_reaches_their_socket(sqlite_server: Running) -> None:
+    async with tenant_client(sqlite_server) as t:
+        async with await _me(sqlite_server, t, "ann") as me:
+            await me.put("/v1/me/preferences/categories/promo", json={"channels": {"*": False}})
+            token = (await t.http.post("/v1/users/ann/tokens")).json()["token"]
+            async with websockets.connect(sqlite_server.ws_url) as ws:
+                await ws.send(json.dumps({"type": "auth", "token": token, "since": "0"}))
+                assert json.loads(await ws.recv())["type"] == "ready"
+                muted = await _post(t, recipients={"users": ["ann"]}, category="promo")
+                wanted = await _post(t, recipients={"users": ["ann"]}, category="news")
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 2))
+                assert frame["event_id"] == wanted
+                await ws.send(json.dumps({"type": "resume", "since": "0"}))
+                replay = json.loads(await asyncio.wait_for(ws.recv(), 2))
+                assert replay["event_id"] == wanted
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 0.5)
+            report = await _routed(t, muted)
+            assert report["recipients"]["by_status"]["suppressed"] == 1
+            hidden = (await t.http.get(f"/v1/events/{muted}/recipients/ann")).json()["item_id"]
+            assert hidden not in [i["id"] for i in await _inbox(me)]
+            for path in (f"/{hidden}/read", f"/{hidden}/received", f"/{hidden}"):
+                method = "GET" if path == f"/{hidden}" else "POST"
+                response = await me.request(method, f"/v1/me/notifications{path}")
+                assert response.status_code == 404, path
+
+
+async def test_a_token_for_an_impossible_user_id_is_refused(sqlite_server: Running) -> None:
+    async with tenant_client(sqlite_server) as t:
+        secret = await sqlite_server.clarion.store.tenant_secret(t.id)
+        now = int(time.time())
+        for sub in ("", " padded", "line\nbreak", "x" * 300):
+            claims = {
+                "iss": "clarion",
+                "aud": "clarion:user",
+                "sub": sub,
+                "tid": t.id,
+                "iat": now,
+                "exp": now + 60,
+            }
+            token = jwt.encode(claims, secret, "HS256", headers={"kid": t.id})
+            async with httpx.AsyncClient(
+                base_url=sqlite_server.base_url, headers={"Authorization": f"Bearer {token}"}
+            ) as me:
+                response = await me.get("/v1/me/unread-counts")
+            assert response.status_code == 401, sub

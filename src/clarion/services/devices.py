@@ -74,9 +74,9 @@ def token_problem(provider: str, token: str, keys: JsonObject) -> str | None:
         return f"provider must be one of {', '.join(PROVIDERS)}"
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return f"token must be 1 to {MAX_TOKEN_LENGTH} characters"
-    if provider == "apns" and not _APNS.match(token):
+    if provider == "apns" and not _APNS.fullmatch(token):
         return "an APNs token is hexadecimal (64 digits or more)"
-    if provider == "fcm" and not _FCM.match(token):
+    if provider == "fcm" and not _FCM.fullmatch(token):
         return "an FCM token is a registration token of letters, digits and :_-."
     if provider in ("wns", "webpush"):
         parts = urlsplit(token)
@@ -85,7 +85,7 @@ def token_problem(provider: str, token: str, keys: JsonObject) -> str | None:
     if provider == "webpush":
         for name in ("p256dh", "auth"):
             value = keys.get(name)
-            if not isinstance(value, str) or not _B64URL.match(value):
+            if not isinstance(value, str) or not _B64URL.fullmatch(value):
                 return f"a webpush subscription needs keys.{name} (base64url)"
     elif keys:
         return "keys are only for webpush subscriptions"

@@ -22,7 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from clarion.domain import errors
+from clarion.domain import errors, identifiers
 from clarion.services.ports import Clock, Store, TokenKey
 
 ALGORITHM = "HS256"
@@ -139,6 +139,8 @@ class UserTokens:
             raise errors.InvalidUserToken(f"token rejected: {exc}") from exc
         if claims["tid"] != tenant_id or not isinstance(claims["sub"], str):
             raise errors.InvalidUserToken("token is not a Clarion user token")
+        if not identifiers.is_valid_key(claims["sub"]):
+            raise errors.InvalidUserToken("'sub' is not a valid user id")
         return Identity(
             tenant_id=tenant_id,
             user=claims["sub"],
@@ -163,8 +165,12 @@ class UserTokens:
             errors.InvalidUserToken: the token is bad.
         """
         identity = await self.verify(token)
-        user_id = await self._store.ensure_user(
-            identity.tenant_id, identity.user, self._clock.now()
+        # A read first: a known user (nearly every request) takes no write lock.
+        known = await self._store.get_user(identity.tenant_id, identity.user)
+        user_id = (
+            known.id
+            if known is not None
+            else await self._store.ensure_user(identity.tenant_id, identity.user, self._clock.now())
         )
         return Principal(identity.tenant_id, user_id, identity.user, identity.expires_at)
 

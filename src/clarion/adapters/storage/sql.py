@@ -722,6 +722,7 @@ class SqlStore:
                         inbox_items.c.tenant_id == tenant_id,
                         inbox_items.c.notification_id == notification_id,
                         inbox_items.c.user_id.in_(chunk),
+                        inbox_items.c.status != str(Status.SUPPRESSED),
                     )
                 )
                 found.extend(_addressed(r) for r in rows)
@@ -732,7 +733,10 @@ class SqlStore:
     ) -> list[ports.Addressed]:
         wanted = inbox_items.c.status == str(Status.PENDING)
         if after is not None:
-            wanted = sa.or_(inbox_items.c.id > after, wanted)
+            wanted = sa.or_(
+                sa.and_(inbox_items.c.id > after, inbox_items.c.status != str(Status.SUPPRESSED)),
+                wanted,
+            )
         async with self._read() as conn:
             rows = await conn.execute(
                 _item_query()
@@ -861,6 +865,8 @@ class SqlStore:
                             inbox_items.c.tenant_id == tenant_id,
                             inbox_items.c.user_id == user_id,
                             inbox_items.c.id == item_id,
+                            # What the user opted out of was never theirs to see.
+                            inbox_items.c.status != str(Status.SUPPRESSED),
                         )
                     )
                 )

@@ -281,6 +281,7 @@ def upgrade() -> None:
             "token",
             name=op.f("uq_devices_tenant_id_provider_token"),
         ),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_devices_user_id"), ["user_id"], unique=False)
