@@ -15,7 +15,7 @@ from rich.table import Table
 
 from clarion import bootstrap
 from clarion.domain import errors
-from clarion.entrypoints.cli import logs
+from clarion.entrypoints.cli import emulate, logs
 from clarion.settings import Settings
 
 T = TypeVar("T")
@@ -27,6 +27,7 @@ config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(config_app, name="config")
+app.add_typer(emulate.app, name="emulate")
 
 out = Console()
 err = Console(stderr=True)
