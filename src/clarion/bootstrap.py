@@ -8,15 +8,18 @@ from dataclasses import dataclass
 from clarion.adapters.bus.memory import MemoryBus
 from clarion.adapters.sealing import Sealer, load_or_create_key
 from clarion.adapters.storage import engines, migrating
+from clarion.adapters.storage.credentials import SqlCredentials
 from clarion.adapters.storage.sql import SqlStore
 from clarion.adapters.storage.statistics import SqlStatistics
 from clarion.adapters.storage.webhooks import SqlWebhooks
+from clarion.adapters.vault import Vault
 from clarion.adapters.webhooks_http import HttpWebhookSender
 from clarion.domain.channels import REALTIME, Channel
 from clarion.services.accepting import Accepting
 from clarion.services.acknowledging import Acknowledging
 from clarion.services.callbacks import Callbacks
 from clarion.services.clocks import SystemClock
+from clarion.services.credentials import Credentials
 from clarion.services.delivering import Delivering
 from clarion.services.devices import Devices
 from clarion.services.directory import Directory
@@ -57,6 +60,7 @@ class Clarion:
     devices: Devices
     delivering: Delivering
     callbacks: Callbacks
+    credentials: Credentials
 
     async def close(self) -> None:
         """Release the database pool."""
@@ -126,6 +130,7 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         statistics=ProducerStatistics(SqlStatistics(store.engine), clock),
         delivering=Delivering(store, clock, transports),
         callbacks=_callbacks(settings, store, clock),
+        credentials=Credentials(SqlCredentials(store.engine, Vault(sealer_for(settings))), clock),
     )
 
 

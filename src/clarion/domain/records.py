@@ -344,3 +344,34 @@ class ChangeBatch:
 
     changes: tuple[StatusChange, ...]
     cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialInfo:
+    """A provider credential as listed: what it is and whom it serves, never its secret."""
+
+    id: str
+    tenant_id: str
+    provider: str
+    name: str
+    app_id: str | None
+    """The devices it serves (their app_id); None: the tenant's default for the provider."""
+    environment: str | None
+    metadata: JsonObject
+    """Non-secret facts: auth kind, key and team ids, topic, certificate subject and expiry."""
+    status: str
+    paused_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A credential opened for a provider client: its description and its secret (PEM)."""
+
+    info: CredentialInfo
+    secret: str
+
+    def __repr__(self) -> str:
+        # Never print the secret, whatever logs or tracebacks do with this value.
+        return f"Credential(info={self.info!r}, secret=<sealed>)"

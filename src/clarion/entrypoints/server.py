@@ -18,6 +18,7 @@ from clarion.bootstrap import Clarion
 from clarion.entrypoints.api import errors as api_errors
 from clarion.entrypoints.api.limits import BodyLimit
 from clarion.entrypoints.api.routes import (
+    credentials,
     devices,
     directory,
     events,
@@ -65,7 +66,18 @@ def create_app(clarion: Clarion) -> FastAPI:
     app.state.clarion = clarion
     app.state.hub = hub
     api_errors.install(app)
-    for module in (events, directory, tokens, token_keys, devices, me, stats, webhooks, health):
+    for module in (
+        events,
+        directory,
+        tokens,
+        token_keys,
+        devices,
+        me,
+        stats,
+        webhooks,
+        credentials,
+        health,
+    ):
         app.include_router(module.router)
     app.include_router(websocket.router)
     return app

@@ -21,6 +21,8 @@ from clarion.domain.records import (
     ChangeBatch,
     Claimed,
     Completion,
+    Credential,
+    CredentialInfo,
     Device,
     DueWebhook,
     EventReport,
@@ -51,6 +53,9 @@ __all__ = [
     "Claimed",
     "Clock",
     "Completion",
+    "Credential",
+    "CredentialInfo",
+    "CredentialStore",
     "Device",
     "DueWebhook",
     "Envelope",
@@ -512,4 +517,53 @@ class WebhookSender(Protocol):
 
     async def close(self) -> None:
         """Release connections; the sender may be used again afterwards."""
+        ...
+
+
+class CredentialStore(Protocol):
+    """Provider credentials, their secrets sealed at rest (envelope encryption, bound to the
+    tenant and the credential)."""
+
+    async def put_credential(
+        self,
+        tenant_id: str,
+        provider: str,
+        name: str,
+        *,
+        app_id: str | None,
+        environment: str | None,
+        metadata: JsonObject,
+        secret: str,
+        now: datetime,
+    ) -> tuple[CredentialInfo, bool]:
+        """Create or replace the tenant's credential `name` for `provider`, active again; the
+        saved credential and whether it was created."""
+        ...
+
+    async def list_credentials(self, tenant_id: str) -> list[CredentialInfo]:
+        """The tenant's credentials by provider and name, without their secrets."""
+        ...
+
+    async def get_credential(
+        self, tenant_id: str, provider: str, name: str
+    ) -> CredentialInfo | None:
+        """One credential, without its secret, or None."""
+        ...
+
+    async def delete_credential(self, tenant_id: str, provider: str, name: str) -> bool:
+        """Forget a credential; False when there was none."""
+        ...
+
+    async def load_credential(
+        self, tenant_id: str, provider: str, app_id: str | None
+    ) -> Credential | None:
+        """The active credential for devices of `app_id`: the one naming that app, else the
+        tenant's default (no app_id), most recently updated first; opened. None if neither.
+        Raises the vault's error when the secret does not open."""
+        ...
+
+    async def pause_credential(
+        self, tenant_id: str, credential_id: str, *, reason: str, now: datetime
+    ) -> bool:
+        """Stop using a credential until it is replaced; False when there is none."""
         ...

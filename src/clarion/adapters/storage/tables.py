@@ -156,6 +156,9 @@ devices = sa.Table(
     sa.Column("retired_reason", sa.String(200)),
     sa.UniqueConstraint("tenant_id", "provider", "token"),
     sa.Index(None, "user_id"),
+    # Deliveries name their device by id: on SQLite, never hand a deleted device's id to a
+    # new one (the default rowid reuse would point old deliveries at the wrong device).
+    sqlite_autoincrement=True,
 )
 
 events = sa.Table(
@@ -356,4 +359,29 @@ webhooks = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("tenant_id", "name"),
+)
+
+credentials = sa.Table(
+    "credentials",
+    metadata,
+    # A UUID made before the insert: the sealed secret is bound to it (adapters/vault.py).
+    sa.Column("id", sa.String(36), primary_key=True),
+    _tenant_fk(),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    # The devices it serves (devices.app_id); null: the tenant's default for the provider.
+    sa.Column("app_id", sa.String(255)),
+    sa.Column("environment", sa.String(16)),
+    # What is not secret: key and team ids, topic, auth kind, certificate subject and expiry.
+    sa.Column("metadata", Json, nullable=False),
+    # The secret under its own data key, and that key wrapped by the server's key.
+    sa.Column("sealed_secret", sa.Text, nullable=False),
+    sa.Column("wrapped_key", sa.Text, nullable=False),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("paused_reason", sa.String(500)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "provider", "name"),
+    sa.CheckConstraint("provider IN ('apns', 'fcm', 'wns', 'webpush', 'email')", name="provider"),
+    sa.CheckConstraint("status IN ('active', 'paused')", name="status"),
 )

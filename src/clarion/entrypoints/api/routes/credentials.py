@@ -1,0 +1,133 @@
+"""Tenants store the provider credentials Clarion pushes with. Write-only: no answer ever holds
+a secret, only what describes it (docs/api.md, "Provider credentials")."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, Field
+
+from clarion.entrypoints.api import schemas
+from clarion.entrypoints.api.dependencies import App, Tenant
+from clarion.services.credentials import APNS, NAME_PATTERN
+from clarion.services.ports import CredentialInfo
+
+router = APIRouter(prefix="/v1", tags=["credentials"])
+
+Name = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+Pem = Annotated[schemas.Text, Field(min_length=1, max_length=20_000)]
+AppleId = Annotated[schemas.Text, Field(min_length=1, max_length=64)]
+Topic = Annotated[schemas.Text, Field(min_length=1, max_length=255)]
+AppId = Annotated[schemas.Text, Field(max_length=255)]
+
+
+class ApnsTokenIn(schemas.Input):
+    """Token auth: the .p8 key from Apple, its key id and the team id."""
+
+    auth: Literal["token"]
+    key_id: AppleId
+    team_id: AppleId
+    topic: Topic
+    environment: Literal["sandbox", "production"]
+    private_key: Pem
+    app_id: AppId | None = None
+
+
+class ApnsCertificateIn(schemas.Input):
+    """Certificate auth: the push certificate and its private key, both PEM, unencrypted."""
+
+    auth: Literal["certificate"]
+    certificate: Pem
+    private_key: Pem
+    topic: Topic
+    environment: Literal["sandbox", "production"]
+    app_id: AppId | None = None
+
+
+ApnsIn = Annotated[ApnsTokenIn | ApnsCertificateIn, Field(discriminator="auth")]
+
+
+class CredentialOut(BaseModel):
+    """A provider credential as stored; never its secret."""
+
+    id: str
+    provider: str
+    name: str
+    app_id: str | None
+    environment: str | None
+    metadata: dict[str, Any]
+    status: str
+    paused_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, info: CredentialInfo) -> CredentialOut:
+        """From the stored credential."""
+        return cls(
+            id=info.id,
+            provider=info.provider,
+            name=info.name,
+            app_id=info.app_id,
+            environment=info.environment,
+            metadata=info.metadata,
+            status=info.status,
+            paused_reason=info.paused_reason,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+        )
+
+
+class CredentialList(BaseModel):
+    """The tenant's provider credentials."""
+
+    credentials: list[CredentialOut]
+
+
+@router.put(
+    "/credentials/apns/{name}",
+    response_model=CredentialOut,
+    responses={201: {"model": CredentialOut}},
+)
+async def put_apns_credential(
+    name: Name, body: ApnsIn, app: App, tenant: Tenant, response: Response
+) -> CredentialOut:
+    """Create (201) or replace (200) an APNs credential. The answer describes it; the key is
+    never returned by any route."""
+    saved = await app.credentials.put_apns(
+        tenant,
+        name,
+        auth=body.auth,
+        topic=body.topic,
+        environment=body.environment,
+        private_key=body.private_key,
+        key_id=body.key_id if isinstance(body, ApnsTokenIn) else None,
+        team_id=body.team_id if isinstance(body, ApnsTokenIn) else None,
+        certificate=body.certificate if isinstance(body, ApnsCertificateIn) else None,
+        app_id=body.app_id,
+    )
+    response.status_code = 201 if saved.created else 200
+    return CredentialOut.of(saved.credential)
+
+
+@router.get("/credentials", response_model=CredentialList)
+async def list_credentials(app: App, tenant: Tenant) -> CredentialList:
+    """The tenant's provider credentials, without their secrets."""
+    return CredentialList(
+        credentials=[CredentialOut.of(c) for c in await app.credentials.list_credentials(tenant)]
+    )
+
+
+@router.get("/credentials/apns/{name}", response_model=CredentialOut)
+async def get_apns_credential(name: Name, app: App, tenant: Tenant) -> CredentialOut:
+    """One APNs credential, without its secret."""
+    return CredentialOut.of(await app.credentials.get(tenant, APNS, name))
+
+
+@router.delete("/credentials/apns/{name}", status_code=204)
+async def delete_apns_credential(name: Name, app: App, tenant: Tenant) -> Response:
+    """Delete an APNs credential and its secret."""
+    await app.credentials.delete(tenant, APNS, name)
+    return Response(status_code=204)
