@@ -7,8 +7,7 @@ sealed secret copied to another row (another tenant, another credential) does no
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -33,17 +32,11 @@ class SqlCredentials:
         self._vault = vault
         self._dialect = engine.dialect.name
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.begin() as conn:
-            yield conn
+    def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return engines.writing(self._engine)
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as raw:
-            conn = await raw.execution_options(**{engines.READONLY: True})
-            async with conn.begin():
-                yield conn
+    def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return engines.reading(self._engine)
 
     async def put_credential(
         self,

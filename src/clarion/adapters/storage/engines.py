@@ -9,16 +9,34 @@ writer committed in between, so writers take the lock up front and queue on the 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 READONLY = "clarion_readonly"
 """Execution option: the transaction only reads, so SQLite may begin it deferred."""
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # a 1M-recipient fan-out holds the write lock for a few seconds
+
+
+@asynccontextmanager
+async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A writing transaction (BEGIN IMMEDIATE on SQLite), committed when the block ends."""
+    async with engine.begin() as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read-only transaction: one snapshot, and no write lock on SQLite."""
+    async with engine.connect() as raw:
+        conn = await raw.execution_options(**{READONLY: True})
+        async with conn.begin():
+            yield conn
 
 
 def normalise_url(url: str) -> str:

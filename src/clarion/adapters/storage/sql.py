@@ -8,8 +8,8 @@ their audit entries in the same transaction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -80,17 +80,11 @@ class SqlStore:
         """Release every pooled connection."""
         await self._engine.dispose()
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.begin() as conn:
-            yield conn
+    def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return engines.writing(self._engine)
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as raw:
-            conn = await raw.execution_options(**{engines.READONLY: True})
-            async with conn.begin():
-                yield conn
+    def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return engines.reading(self._engine)
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)

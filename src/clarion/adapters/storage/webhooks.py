@@ -7,8 +7,7 @@ two workers never post the same webhook at once and a crashed one's lease simply
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,17 +40,11 @@ class SqlWebhooks:
         self._sealer = sealer
         self._dialect = engine.dialect.name
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.begin() as conn:
-            yield conn
+    def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return engines.writing(self._engine)
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as raw:
-            conn = await raw.execution_options(**{engines.READONLY: True})
-            async with conn.begin():
-                yield conn
+    def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return engines.reading(self._engine)
 
     @staticmethod
     def _owner(tenant_id: str, name: str) -> str:
