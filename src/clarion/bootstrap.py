@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from clarion.adapters.bus.memory import MemoryBus
+from clarion.adapters.providers.apns import ApnsTransport
 from clarion.adapters.sealing import Sealer, load_or_create_key
 from clarion.adapters.storage import engines, migrating
 from clarion.adapters.storage.credentials import SqlCredentials
@@ -61,9 +64,13 @@ class Clarion:
     delivering: Delivering
     callbacks: Callbacks
     credentials: Credentials
+    transports: dict[Channel, Transport] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
-        """Release the database pool."""
+        """Close provider connections, then release the database pool."""
+        for closer in self.closers:
+            await closer()
         await self.store.close()
 
 
@@ -77,14 +84,20 @@ def sealer_for(settings: Settings) -> Sealer:
 def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = None) -> Clarion:
     """Wire Clarion for `settings`. Nothing connects until first used."""
     clock = clock or SystemClock()
-    # Provider transports (APNs, FCM, WNS, Web Push, email) are wired here as they arrive.
-    transports: dict[Channel, Transport] = {}
     store = SqlStore(
         engines.create_engine(
             settings.resolved_database_url, pool_size=settings.database_pool_size
         ),
         sealer_for(settings),
     )
+    credentials = Credentials(SqlCredentials(store.engine, Vault(sealer_for(settings))), clock)
+    # Provider transports (APNs, FCM, WNS, Web Push, email) are wired here as they arrive.
+    transports: dict[Channel, Transport] = {}
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if settings.apns.enabled:
+        apns = _apns(settings, credentials)
+        transports[Channel.APNS] = apns
+        closers.append(apns.close)
     bus = bus or MemoryBus()
     tokens = UserTokens(
         store,
@@ -130,7 +143,26 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         statistics=ProducerStatistics(SqlStatistics(store.engine), clock),
         delivering=Delivering(store, clock, transports),
         callbacks=_callbacks(settings, store, clock),
-        credentials=Credentials(SqlCredentials(store.engine, Vault(sealer_for(settings))), clock),
+        credentials=credentials,
+        transports=transports,
+        closers=closers,
+    )
+
+
+def _apns(settings: Settings, credentials: Credentials) -> ApnsTransport:
+    conf = settings.apns
+    context = ssl.create_default_context(cafile=str(conf.ca_file) if conf.ca_file else None)
+    return ApnsTransport(
+        credentials.load,
+        host=conf.host,
+        port=conf.port,
+        ssl_context=context,
+        connect_timeout=conf.connect_timeout_seconds,
+        request_timeout=conf.request_timeout_seconds,
+        max_concurrent_streams=conf.max_concurrent_streams,
+        reconnect_base=conf.reconnect_base_seconds,
+        reconnect_max=conf.reconnect_max_seconds,
+        ping_interval=conf.ping_interval_seconds,
     )
 
 

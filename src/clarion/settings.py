@@ -118,6 +118,36 @@ class WebhookSettings(BaseModel):
         return value
 
 
+class ApnsSettings(BaseModel):
+    """The APNs transport (adapters/providers/apns)."""
+
+    # Off until an operator has APNs credentials to push with; events naming "apns" are refused
+    # while it is off.
+    enabled: bool = False
+    # Where to connect instead of Apple (an emulator); None: api[.sandbox].push.apple.com, chosen
+    # by each credential's environment.
+    host: str | None = None
+    # 443 passes every firewall; APNs also listens on 2197.
+    port: int = Field(443, ge=1, le=65535)
+    # A PEM bundle to trust instead of the system's CAs (an emulator's self-signed certificate).
+    ca_file: Path | None = None
+    # TCP + TLS + the server's first SETTINGS; Apple answers in well under a second.
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    # One request, from waiting for a stream to the end of the answer; under the delivery
+    # lease (60 s) so a slow answer becomes a retry, never a duplicate from another worker.
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # Our own ceiling on streams per connection; the server's SETTINGS_MAX_CONCURRENT_STREAMS
+    # (1 before the first valid token, then about 1000) rules when lower.
+    max_concurrent_streams: int = Field(1000, ge=1)
+    # Backoff between failed connects to one APNs endpoint, doubling from base to cap: a dead
+    # network is not hammered, and a recovered one is found again within a minute.
+    reconnect_base_seconds: float = Field(1.0, gt=0)
+    reconnect_max_seconds: float = Field(60.0, gt=0)
+    # Apple asks for a PING on connections idle for long; we ping after this many idle seconds
+    # (NATs and load balancers drop idle flows sooner than an hour).
+    ping_interval_seconds: float = Field(600.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything Clarion can be told."""
 
@@ -144,6 +174,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     worker: WorkerSettings = WorkerSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    apns: ApnsSettings = ApnsSettings()
 
     @field_validator("database_url")
     @classmethod

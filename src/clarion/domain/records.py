@@ -163,6 +163,13 @@ class Claimed:
     endpoint: str
     attempts: int
     item: InboxItem
+    address: str | None = None
+    """For push channels, the device's provider token (``endpoint`` is the device id)."""
+    app_id: str | None = None
+    """For push channels, the app the device belongs to (selects the credential)."""
+    registered_at: datetime | None = None
+    """For push channels, when the device last registered its token (APNs 410 ``timestamp``
+    comparisons: a token registered again since is kept)."""
 
 
 @dataclass(frozen=True, slots=True)

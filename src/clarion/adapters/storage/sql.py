@@ -1443,18 +1443,41 @@ class SqlStore:
             for chunk in _chunks([r.item_id for r in claimed], _CHUNK):
                 rows = await conn.execute(_item_query().where(inbox_items.c.id.in_(chunk)))
                 by_item.update((r.id, _addressed(r).item) for r in rows)
-        return [
-            ports.Claimed(
-                id=r.id,
-                fence=r.fence,
-                tenant_id=r.tenant_id,
-                channel=str(channel),
-                endpoint=r.endpoint,
-                attempts=r.attempts,
-                item=by_item[r.item_id],
+            # Push deliveries name their device by id; the transport needs its token and app.
+            by_device: dict[str, Any] = {}
+            if channel in _PUSH_PROVIDERS:
+                ids = sorted({int(r.endpoint) for r in claimed if r.endpoint.isdigit()})
+                for chunk in _chunks(ids, _CHUNK):
+                    rows = await conn.execute(
+                        sa.select(
+                            devices.c.id,
+                            devices.c.tenant_id,
+                            devices.c.token,
+                            devices.c.app_id,
+                            devices.c.updated_at,
+                        ).where(devices.c.id.in_(chunk))
+                    )
+                    by_device.update((str(r.id), r) for r in rows)
+        claims = []
+        for r in sorted(claimed, key=lambda r: r.id):
+            device = by_device.get(r.endpoint)
+            if device is not None and device.tenant_id != r.tenant_id:
+                device = None
+            claims.append(
+                ports.Claimed(
+                    id=r.id,
+                    fence=r.fence,
+                    tenant_id=r.tenant_id,
+                    channel=str(channel),
+                    endpoint=r.endpoint,
+                    attempts=r.attempts,
+                    item=by_item[r.item_id],
+                    address=None if device is None else device.token,
+                    app_id=None if device is None else device.app_id,
+                    registered_at=None if device is None else device.updated_at,
+                )
             )
-            for r in sorted(claimed, key=lambda r: r.id)
-        ]
+        return claims
 
     async def complete_deliveries(
         self, completions: Sequence[ports.Completion], now: datetime

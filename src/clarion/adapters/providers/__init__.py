@@ -1,0 +1,1 @@
+"""Provider transports: thin asyncio shells over the sans-I/O modules in `clarion.wire`."""
