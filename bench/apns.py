@@ -1,0 +1,483 @@
+"""APNs client benchmark: Clarion's `ApnsTransport` against aioapns, same emulator, same run.
+
+    .venv/bin/python bench/apns.py [--pushes 200000] [--runs 3] [--batch 100] [--json]
+
+Starts the APNs emulator in a separate process (``clarion emulate apns --tls``, latency 0, pinned
+to CPU 1 with ``taskset -c 1`` when taskset exists), registers a freshly generated P-256 signing
+key through its control API, and pins this process to CPU 0. Each run then sends N pushes:
+
+- ``clarion``: `ApnsTransport.send` called with batches of ``--batch`` claimed deliveries, one
+  batch after another, as `Delivering.deliver_once` does (its default batch is 100). The
+  transport uses one TLS connection and as many streams as the batch needs.
+- ``aioapns``: ``APNs.send_notification`` for the same pushes, ``asyncio.gather`` over chunks of
+  ``--batch`` (aioapns opens connections as its streams run out; with 100 in flight that is one).
+
+Both send the same payload (alert title and body, thread id, category, one custom key) with the
+same topic, to distinct device tokens. The order of the two phases alternates between runs.
+For each phase: wall time and this process's CPU time (``time.process_time``), pushes/s,
+pushes per client CPU-second ("per core"), and the emulator's CPU time (from /proc). Before
+each phase the emulator's received list is cleared (``DELETE /control/received``); after it,
+the count it clears must equal N, and every outcome must be a success.
+
+If ``h2load`` is on PATH it is also run against a second emulator process (``--h2c``, CPU 1) with
+the same request shape: the protocol ceiling of this emulator. Otherwise that is reported as
+skipped.
+
+Reports medians over the runs, and the median of the per-run ratios clarion / aioapns. The emulator
+is pure-Python HTTP/2 on one core, so it may bound the wall-clock rate of both clients; the
+per-core figure (client CPU) is the one that compares the clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import http.client
+import json
+import os
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from clarion.adapters.providers.apns import ApnsTransport, ProviderTokens
+from clarion.domain.notifications import InboxItem
+from clarion.domain.outcomes import Delivered
+from clarion.domain.records import Claimed, Credential, CredentialInfo
+from clarion.domain.statuses import Status
+
+TEAM = "TEAM123456"
+KID = "KEY1234567"
+TOPIC = "com.example.app"
+TITLE = "Hello"
+BODY = "A benchmark notification body of ordinary length."
+GROUP = "g1"
+CATEGORY = "news"
+DATA = {"k": "v"}
+CLIENT_CPU = 0
+EMULATOR_CPU = 1
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Phase:
+    """One client's figures in one run (or, from `median_of`, the medians of several)."""
+
+    client: str
+    pushes: int
+    wall_s: float
+    cpu_s: float
+    emulator_cpu_s: float
+    connections: int = 1
+
+    @property
+    def per_s(self) -> float:
+        return self.pushes / self.wall_s
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.pushes / self.cpu_s
+
+
+def token_of(n: int) -> str:
+    return f"{n:064x}"
+
+
+# -- the emulator process ------------------------------------------------------------------------
+
+
+class Emulator:
+    """``clarion emulate apns`` in a child process, with its ports read from its output."""
+
+    def __init__(self, *, tls: bool, cert_out: Path | None) -> None:
+        command = [sys.executable, "-m", "clarion", "emulate", "apns"]
+        command += ["--port", "0", "--control-port", "0", "--latency-ms", "0"]
+        command += ["--tls" if tls else "--h2c"]
+        if cert_out is not None:
+            command += ["--cert-out", str(cert_out)]
+        self.pinned = shutil.which("taskset") is not None
+        if self.pinned:
+            command = ["taskset", "-c", str(EMULATOR_CPU), *command]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.port = self.control_port = 0
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("APNs emulator:"):
+                self.port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+            elif line.startswith("control API:"):
+                self.control_port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+                break
+        if not self.port or not self.control_port:
+            self.stop()
+            raise RuntimeError("the emulator did not start")
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        connection = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=120)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            connection.request(method, path, body=data, headers={"connection": "close"})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            if response.status >= 300:
+                raise RuntimeError(f"{method} {path}: {response.status} {answer}")
+            return answer
+        finally:
+            connection.close()
+
+    def cleared(self) -> int:
+        """Forget what was received (and every attempt); how many pushes were received."""
+        count = int(self.control("DELETE", "/control/received")["cleared"])
+        self.control("DELETE", "/control/attempts")
+        return count
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# -- the two clients -----------------------------------------------------------------------------
+
+
+def credential(pem: str) -> Credential:
+    now = datetime.now(UTC)
+    info = CredentialInfo(
+        id="cred-bench",
+        tenant_id="t",
+        provider="apns",
+        name="main",
+        app_id=None,
+        environment="sandbox",
+        metadata={"auth": "token", "key_id": KID, "team_id": TEAM, "topic": TOPIC},
+        status="active",
+        paused_reason=None,
+        created_at=now,
+        updated_at=now,
+    )
+    return Credential(info=info, secret=pem)
+
+
+def claimed(n: int, now: datetime) -> Claimed:
+    item = InboxItem(
+        id=n,
+        notification_id=f"n{n}",
+        event_id="e1",
+        user=f"u{n}",
+        status=Status.PENDING,
+        type="news",
+        title=TITLE,
+        body=BODY,
+        data=DATA,
+        category=CATEGORY,
+        group=GROUP,
+        created_at=now,
+    )
+    return Claimed(
+        id=n,
+        fence=1,
+        tenant_id="t",
+        channel="apns",
+        endpoint=f"d{n}",
+        attempts=0,
+        item=item,
+        address=token_of(n),
+        registered_at=now,
+    )
+
+
+def chunks(start: int, stop: int, size: int) -> Iterator[range]:
+    for first in range(start, stop, size):
+        yield range(first, min(first + size, stop))
+
+
+async def run_clarion(emulator: Emulator, context: ssl.SSLContext, pem: str, args: Any) -> Phase:
+    opened = credential(pem)
+
+    async def load(tenant: str, provider: str, app_id: str | None) -> Credential:
+        return opened
+
+    transport = ApnsTransport(
+        load, host="127.0.0.1", port=emulator.port, ssl_context=context, tokens=ProviderTokens()
+    )
+    now = datetime.now(UTC)
+    # What the store hands the transport; built before the clock starts, as claiming is not
+    # the client's work.
+    deliveries = [claimed(n, now) for n in range(args.pushes + 1)]
+    try:
+        warm = await transport.send(deliveries[:1])  # connect, first token, stream limit raised
+        assert isinstance(warm[0], Delivered), warm
+        emulator.cleared()
+        cpu0, emu0, wall0 = time.process_time(), emulator.cpu_s(), time.perf_counter()
+        failed = 0
+        for batch in chunks(1, args.pushes + 1, args.batch):
+            outcomes = await transport.send(deliveries[batch.start : batch.stop])
+            failed += sum(not isinstance(o, Delivered) for o in outcomes)
+        wall = time.perf_counter() - wall0
+        cpu, emu = time.process_time() - cpu0, emulator.cpu_s() - emu0
+        connections = len(transport.connections())
+    finally:
+        await transport.close()
+    received = emulator.cleared()
+    if failed or received != args.pushes:
+        raise RuntimeError(f"clarion: {failed} failed, emulator received {received}")
+    return Phase("clarion", args.pushes, wall, cpu, emu, connections)
+
+
+def fixed_settings(self: Any, changed: dict[Any, Any]) -> None:
+    """aioapns 4.0's stream-limit change, corrected: its `DynamicBoundedSemaphore.bound` setter
+    releases the new slots before raising the bound, so they are capped at the old one. After
+    APNs' 1 -> 1000 raise (sent while the first request is in flight) a connection keeps about one
+    stream; aioapns then opens up to 10 connections and polls them every 10 ms."""
+    from h2.settings import SettingCodes
+
+    for setting in changed.values():
+        if setting.setting != SettingCodes.MAX_CONCURRENT_STREAMS:
+            continue
+        pool = self.free_channels
+        old = pool.bound
+        if setting.new_value > old:
+            pool._bound_value = setting.new_value
+            for _ in range(setting.new_value - old):
+                pool.release()
+        else:
+            pool.bound = setting.new_value
+
+
+async def run_aioapns(
+    emulator: Emulator, context: ssl.SSLContext, pem: str, args: Any, *, fixed: bool
+) -> Phase:
+    from aioapns import APNs, NotificationRequest
+    from aioapns.connection import APNsDevelopmentClientProtocol
+
+    # aioapns hard-codes host and port as class constants; a subclass points it at the emulator.
+    attributes: dict[str, Any] = {"APNS_SERVER": "127.0.0.1", "APNS_PORT": emulator.port}
+    if fixed:
+        attributes["on_remote_settings_changed"] = fixed_settings
+    protocol: Any = type("EmulatedApnsProtocol", (APNsDevelopmentClientProtocol,), attributes)
+    client = APNs(
+        key=pem, key_id=KID, team_id=TEAM, topic=TOPIC, use_sandbox=True, ssl_context=context
+    )
+    client.pool.protocol_class = protocol
+
+    def request(n: int) -> Any:
+        message = {
+            "aps": {
+                "alert": {"title": TITLE, "body": BODY},
+                "thread-id": GROUP,
+                "category": CATEGORY,
+            },
+            **DATA,
+        }
+        return NotificationRequest(device_token=token_of(n), message=message)
+
+    try:
+        warm = await asyncio.wait_for(client.send_notification(request(0)), 10)
+        assert warm.is_successful, warm.description
+        emulator.cleared()
+        cpu0, emu0, wall0 = time.process_time(), emulator.cpu_s(), time.perf_counter()
+        failed = 0
+        for batch in chunks(1, args.pushes + 1, args.batch):
+            results = await asyncio.gather(*(client.send_notification(request(n)) for n in batch))
+            failed += sum(not r.is_successful for r in results)
+        wall = time.perf_counter() - wall0
+        cpu, emu = time.process_time() - cpu0, emulator.cpu_s() - emu0
+        connections = len(client.pool.connections)
+    finally:
+        client.pool.close()
+        await asyncio.sleep(0.05)
+    received = emulator.cleared()
+    name = "aioapns+fix" if fixed else "aioapns"
+    if failed or received != args.pushes:
+        raise RuntimeError(f"{name}: {failed} failed, emulator received {received}")
+    return Phase(name, args.pushes, wall, cpu, emu, connections)
+
+
+# -- h2load, the protocol ceiling ----------------------------------------------------------------
+
+
+def run_h2load(pem: str, public: str, workdir: Path, args: Any) -> dict[str, Any] | str:
+    h2load = shutil.which("h2load")
+    if h2load is None:
+        return "h2load is not on PATH (Debian package nghttp2-client, not installed here)"
+    import jwt
+
+    emulator = Emulator(tls=False, cert_out=None)
+    try:
+        emulator.control(
+            "POST", "/control/keys", {"team_id": TEAM, "key_id": KID, "public_key": public}
+        )
+        token = jwt.encode(
+            {"iss": TEAM, "iat": int(datetime.now(UTC).timestamp())},
+            pem,
+            algorithm="ES256",
+            headers={"kid": KID},
+        )
+        body = workdir / "payload.json"
+        payload = {
+            "aps": {
+                "alert": {"title": TITLE, "body": BODY},
+                "thread-id": GROUP,
+                "category": CATEGORY,
+            },
+            **DATA,
+        }
+        body.write_text(json.dumps(payload))
+        url = f"http://127.0.0.1:{emulator.port}/3/device/{token_of(1)}"
+        command = [h2load, "-n", str(args.pushes), "-c", "1", "-m", str(args.batch)]
+        command += ["-d", str(body), "-H", f"authorization: bearer {token}"]
+        command += ["-H", f"apns-topic: {TOPIC}", "-H", "apns-push-type: alert", url]
+        if shutil.which("taskset"):
+            command = ["taskset", "-c", str(CLIENT_CPU), *command]
+        emulator.cleared()
+        emu0, wall0 = emulator.cpu_s(), time.perf_counter()
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        wall, emu = time.perf_counter() - wall0, emulator.cpu_s() - emu0
+        received = emulator.cleared()
+    finally:
+        emulator.stop()
+    rate = next((line for line in output.splitlines() if line.startswith("finished in")), "")
+    return {
+        "wall_s": wall,
+        "per_s": args.pushes / wall,
+        "emulator_cpu_s": emu,
+        "received": received,
+        "h2load": rate.strip(),
+    }
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def median_of(phases: list[Phase]) -> Phase:
+    return Phase(
+        phases[0].client,
+        phases[0].pushes,
+        statistics.median(p.wall_s for p in phases),
+        statistics.median(p.cpu_s for p in phases),
+        statistics.median(p.emulator_cpu_s for p in phases),
+        max(p.connections for p in phases),
+    )
+
+
+def row(p: Phase) -> str:
+    return (
+        f"| {p.client:<11} | {p.pushes:>8,} | {p.wall_s:>7.2f} | {p.per_s:>9,.0f} "
+        f"| {p.cpu_s:>7.2f} | {p.per_cpu_s:>12,.0f} | {p.emulator_cpu_s:>9.2f} "
+        f"| {p.connections:>5} |"
+    )
+
+
+async def bench(args: Any) -> None:
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        cert = workdir / "emulator.pem"
+        emulator = Emulator(tls=True, cert_out=cert)
+        try:
+            emulator.control(
+                "POST", "/control/keys", {"team_id": TEAM, "key_id": KID, "public_key": public}
+            )
+            context = ssl.create_default_context(cafile=str(cert))
+            print(
+                f"emulator pid {emulator.process.pid} on port {emulator.port}"
+                f" ({'CPU 1 via taskset' if emulator.pinned else 'not pinned: no taskset'});"
+                f" client on CPU {CLIENT_CPU}: {sorted(os.sched_getaffinity(0))}",
+                file=sys.stderr,
+            )
+            results: dict[str, list[Phase]] = {"clarion": [], "aioapns": [], "aioapns+fix": []}
+            stock = functools.partial(run_aioapns, fixed=False)
+            fixed = functools.partial(run_aioapns, fixed=True)
+            for run in range(args.runs):
+                order = [run_clarion, stock, fixed]
+                if run % 2:
+                    order.reverse()
+                for phase in order:
+                    measured = await phase(emulator, context, pem, args)
+                    results[measured.client].append(measured)
+                    print(f"run {run + 1}: {row(measured)}", file=sys.stderr)
+        finally:
+            emulator.stop()
+        ceiling = run_h2load(pem, public, workdir, args)
+
+    medians = {name: median_of(phases) for name, phases in results.items()}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "runs": {k: [asdict(p) for p in v] for k, v in results.items()},
+                    "medians": {k: asdict(p) for k, p in medians.items()},
+                    "h2load": ceiling,
+                }
+            )
+        )
+        return
+    print(f"\nmedians of {args.runs} runs, {args.pushes:,} pushes each, {args.batch} in flight\n")
+    print(
+        "| client      |   pushes |  wall s |  pushes/s |   CPU s | pushes/CPU-s "
+        "| emu CPU s | conns |"
+    )
+    print(
+        "|-------------|---------:|--------:|----------:|--------:|-------------:"
+        "|----------:|------:|"
+    )
+    for phase in medians.values():
+        print(row(phase))
+    for other in ("aioapns", "aioapns+fix"):
+        pairs = list(zip(results["clarion"], results[other], strict=True))
+        rate = statistics.median(c.per_s / a.per_s for c, a in pairs)
+        core = statistics.median(c.per_cpu_s / a.per_cpu_s for c, a in pairs)
+        print(
+            f"clarion / {other}, median of the per-run ratios: {rate:.2f}x pushes/s,"
+            f" {core:.2f}x per core (target >= 2x per core: {'met' if core >= 2 else 'not met'})"
+        )
+    if isinstance(ceiling, str):
+        print(f"h2load ceiling: skipped: {ceiling}")
+    else:
+        print(f"h2load ceiling (h2c emulator): {ceiling}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pushes", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=100, help="pushes in flight (default 100)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    asyncio.run(bench(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
