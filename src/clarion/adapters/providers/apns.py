@@ -28,6 +28,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 from hpack import NeverIndexedHeaderTuple
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
 from clarion.domain import errors
 from clarion.domain.channels import Channel
@@ -42,6 +44,75 @@ STREAM_ID_LIMIT = 2**31 - 1 - 10_000
 """Stream ids are never reused; a connection this far along is replaced before they run out."""
 PING_DATA = b"clarion!"
 _APNS_ID_NAMESPACE = uuid.UUID("6f1c3f4e-2f43-4d44-9a8e-6b3a3c0d9b21")
+
+_H2_CONFIG = h2.config.H2Configuration(
+    client_side=True,
+    header_encoding=None,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    validate_inbound_headers=False,
+)
+"""Headers go out as lowercase UTF-8 bytes built by `wire.apns` (already validated there), with
+`authorization` and `:path` marked never-indexed by us; answers come back as bytes."""
+
+_HUFFMAN_BITS = [
+    format(code, f"0{length}b")
+    for code, length in zip(REQUEST_CODES, REQUEST_CODES_LENGTH, strict=True)
+]
+_MEMO_LIMIT = 256
+
+
+class _HuffmanEncoder(HuffmanEncoder):
+    """HPACK's Huffman code, byte for byte the same as `hpack`'s, built as a bit string (one
+    join, one int conversion) instead of a Python loop of big-int shifts. Recent results are
+    memoised: the provider token (sent never indexed, so a literal on every request) and the
+    constant header values are encoded once."""
+
+    def __init__(self) -> None:
+        super().__init__(REQUEST_CODES, REQUEST_CODES_LENGTH)
+        self._memo: dict[bytes, bytes] = {}
+
+    def encode(self, bytes_to_encode: bytes | None) -> bytes:
+        if not bytes_to_encode:
+            return b""
+        found = self._memo.get(bytes_to_encode)
+        if found is not None:
+            return found
+        bits = "".join([_HUFFMAN_BITS[byte] for byte in bytes_to_encode])
+        pad = -len(bits) % 8
+        if pad:
+            bits += "1" * pad  # pad to an octet with the EOS prefix
+        encoded = int(bits, 2).to_bytes(len(bits) // 8, "big")
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[bytes_to_encode] = encoded
+        return encoded
+
+
+_Header = tuple[bytes, bytes]
+_HEADER_CACHE: dict[tuple[str, str], _Header] = {}
+_UNCACHED = frozenset({":path", "apns-id"})
+"""Unique per push (device, delivery): encoded each time rather than cached."""
+
+
+def _header_bytes(name: str, value: str, never_indexed: frozenset[str]) -> _Header:
+    """One request header as the bytes tuple `h2` takes, never-indexed ones as
+    `NeverIndexedHeaderTuple`; constant pairs (method, authority, token, topic) are built once."""
+    key = (name, value)
+    found = _HEADER_CACHE.get(key)
+    if found is not None:
+        return found
+    pair: _Header
+    if name in never_indexed:
+        pair = NeverIndexedHeaderTuple(name.encode(), value.encode())
+    else:
+        pair = (name.encode(), value.encode())
+    if name not in _UNCACHED:
+        if len(_HEADER_CACHE) >= _MEMO_LIMIT:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[key] = pair
+    return pair
+
 
 CredentialLoader = Callable[[str, str, str | None], Awaitable[Credential | None]]
 """Loads the opened credential for (tenant, provider, app id); `services.credentials` fits."""
@@ -153,16 +224,16 @@ class Connection:
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._label = label
-        self._h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        )
+        self._h2 = h2.connection.H2Connection(_H2_CONFIG)
+        self._h2.encoder.huffman_coder = _HuffmanEncoder()
         self._pending: dict[int, asyncio.Future[Answer]] = {}
         self._answers: dict[int, Answer] = {}
         self._in_flight = 0
         self._answered = False
         self._draining = False
         self._closed: str | None = None
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None
+        self._flush_soon: asyncio.Handle | None = None
         self._last_activity = time.monotonic()
         self._ping_ack: asyncio.Future[None] | None = None
         self.peak_streams = 0
@@ -245,21 +316,19 @@ class Connection:
             if not self.usable:
                 raise ConnectionLost(self._closed or "the connection is retiring", started=False)
             stream_id = self._h2.get_next_available_stream_id()
-            headers = [
-                NeverIndexedHeaderTuple(name, value)
-                if name in request.never_indexed
-                else (name, value)
-                for name, value in request.headers
-            ]
+            never_indexed = request.never_indexed
+            headers = [_header_bytes(name, value, never_indexed) for name, value in request.headers]
             future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
             self._pending[stream_id] = future
             try:
                 self._h2.send_headers(stream_id, headers, end_stream=not request.body)
             except h2.exceptions.ProtocolError as exc:
                 raise ConnectionLost(f"h2 refused the stream: {exc}", started=False) from exc
-            self.peak_streams = max(self.peak_streams, self._in_flight)
-            self._flush()
-            await self._send_body(stream_id, request.body)
+            if self._in_flight > self.peak_streams:
+                self.peak_streams = self._in_flight
+            if request.body:
+                await self._send_body(stream_id, request.body)
+            self._schedule_flush()
             answer = await future
             answered = True
             return answer
@@ -284,7 +353,7 @@ class Connection:
             if self._in_flight < self.limit():
                 self._in_flight += 1
                 return
-            await self._wake.wait()
+            await self._wait()
 
     async def _send_body(self, stream_id: int, body: bytes) -> None:
         offset = 0
@@ -297,18 +366,34 @@ class Connection:
                 raise ConnectionLost("the stream was closed", started=True) from exc
             size = min(window, self._h2.max_outbound_frame_size, len(body) - offset)
             if size <= 0:
-                await self._wake.wait()  # a WINDOW_UPDATE wakes us
+                self._schedule_flush()  # what is queued goes out while we wait
+                await self._wait()  # a WINDOW_UPDATE wakes us
                 continue
-            chunk = body[offset : offset + size]
+            chunk = body if size == len(body) else body[offset : offset + size]
             offset += size
             self._h2.send_data(stream_id, chunk, end_stream=offset == len(body))
-            self._flush()
+
+    async def _wait(self) -> None:
+        """Until the next `_notify` (an answer, a setting or window change, a loss)."""
+        wake = self._wake
+        if wake is None:
+            wake = self._wake = asyncio.Event()
+        await wake.wait()
 
     def _notify(self) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set()
+
+    def _schedule_flush(self) -> None:
+        """Write what `h2` has queued once this event-loop turn is over: the requests started
+        in one turn share one TLS write."""
+        if self._flush_soon is None:
+            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flush_soon = None
         data = self._h2.data_to_send()
         if data and not self._writer.is_closing():
             self._writer.write(data)
@@ -336,8 +421,13 @@ class Connection:
 
     def _on(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived) and event.stream_id is not None:
-            headers = [(str(k), str(v)) for k, v in event.headers or []]
-            status = int(dict(headers).get(":status", "0"))
+            status = 0
+            headers: list[tuple[str, str]] = []
+            for name, value in event.headers or []:
+                text = bytes(value).decode("utf-8", "replace")
+                if name == b":status":
+                    status = int(text) if text.isdigit() else 0
+                headers.append((bytes(name).decode("utf-8", "replace"), text))
             self._answers[event.stream_id] = Answer(status, headers)
         elif isinstance(event, h2.events.DataReceived) and event.stream_id is not None:
             answer = self._answers.get(event.stream_id)
