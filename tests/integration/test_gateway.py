@@ -251,9 +251,11 @@ async def test_reconnecting_with_a_cursor_delivers_what_was_missed(server: Runni
         assert seen["event_id"] == first
         await _report(t, first, {"sent": 1})
         await ws.close()
-        missed = [await _post(t, recipients={"users": ["ann"]}, title=f"m{n}") for n in range(3)]
-        for event_id in missed:
-            await _report(t, event_id, {"pending": 1})
+        missed = []
+        for n in range(3):
+            # One at a time: routing runs concurrently, and the order under test is routing order.
+            missed.append(await _post(t, recipients={"users": ["ann"]}, title=f"m{n}"))
+            await _report(t, missed[-1], {"pending": 1})
         # Without a cursor only what never went out is sent again...
         fresh = await _connect(server, token)
         got = [(await _recv_type(fresh, "notification"))["event_id"] for _ in missed]
