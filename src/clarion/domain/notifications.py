@@ -18,6 +18,9 @@ from clarion.domain.statuses import Status
 
 JsonObject = dict[str, Any]
 
+EVENTS_STREAM = "events"
+"""The stream accepted events travel on, from the outbox to the routers: ``{"event_id": ...}``."""
+
 
 @dataclass(frozen=True, slots=True)
 class Recipients:

@@ -12,12 +12,10 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from clarion.domain.notifications import EVENTS_STREAM
 from clarion.services.ports import Bus, Clock, Store
 
 log = logging.getLogger(__name__)
-
-EVENTS_STREAM = "events"
-"""The stream routers consume: ``{"event_id": ..., "tenant_id": ...}``."""
 
 PRUNE_AFTER = timedelta(days=1)  # published entries are kept a day for inspection
 

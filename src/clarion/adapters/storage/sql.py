@@ -39,7 +39,13 @@ from clarion.adapters.storage.tables import (
 )
 from clarion.domain import errors, outcomes, records as ports, routing
 from clarion.domain.channels import REALTIME, Channel
-from clarion.domain.notifications import EventSpec, InboxItem, JsonObject, StatusCounts
+from clarion.domain.notifications import (
+    EVENTS_STREAM,
+    EventSpec,
+    InboxItem,
+    JsonObject,
+    StatusCounts,
+)
 from clarion.domain.statuses import (
     UNREAD,
     Status,
@@ -48,9 +54,6 @@ from clarion.domain.statuses import (
     sources_of,
     timestamp_field,
 )
-
-EVENTS_STREAM = "events"
-"""The outbox topic that carries accepted events to the router."""
 
 T = TypeVar("T")
 

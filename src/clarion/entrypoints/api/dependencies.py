@@ -20,17 +20,19 @@ def clarion(request: Request) -> Clarion:
 App = Annotated[Clarion, Depends(clarion)]
 
 
+def _bearer(authorization: str | None, what: str, placeholder: str) -> str:
+    scheme, _, credential = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise errors.Unauthorized(f"send the {what} as 'Authorization: Bearer <{placeholder}>'")
+    return credential.strip()
+
+
 async def tenant(
     app: App,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str:
     """The tenant whose API key authorises this request (never taken from the request body)."""
-    if not authorization:
-        raise errors.Unauthorized("send the API key as 'Authorization: Bearer <key>'")
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise errors.Unauthorized("send the API key as 'Authorization: Bearer <key>'")
-    return await app.tenancy.authenticate(key.strip())
+    return await app.tenancy.authenticate(_bearer(authorization, "API key", "key"))
 
 
 Tenant = Annotated[str, Depends(tenant)]
@@ -41,10 +43,7 @@ async def principal(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     """The user whose token authorises this request; everything it reaches is theirs."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise errors.Unauthorized("send the user token as 'Authorization: Bearer <token>'")
-    return await app.tokens.authenticate(token.strip())
+    return await app.tokens.authenticate(_bearer(authorization, "user token", "token"))
 
 
 Me = Annotated[Principal, Depends(principal)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from clarion.domain.notifications import EVENTS_STREAM
 from clarion.services.ports import Bus
-from clarion.services.relaying import EVENTS_STREAM
 from clarion.services.routing import Routing
 
 log = logging.getLogger(__name__)
