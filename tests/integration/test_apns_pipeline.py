@@ -21,7 +21,6 @@ from clarion.domain.notifications import EventSpec, Recipients
 from clarion.domain.statuses import Status
 from clarion.emulators.apns import ApnsEmulator
 from clarion.settings import ApnsSettings, Settings
-from clarion.wire import apns as wire_apns
 
 TEAM = "TEAM123456"
 KID = "KEY1234567"
@@ -185,7 +184,6 @@ async def test_dead_tokens_fail_are_retired_and_are_never_tried_again(
 async def test_a_503_window_delays_deliveries_but_loses_none(
     app: bootstrap.Clarion, emulator: ApnsEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(wire_apns, "SERVER_ERROR_RETRY_SECONDS", 0.3)
     monkeypatch.setattr(retrying, "BASE_DELAY_SECONDS", 0.2)
     monkeypatch.setattr(retrying, "MAX_DELAY_SECONDS", 0.5)
     tenant = await _tenant_with_credential(app, emulator)

@@ -549,13 +549,13 @@ def test_retry_after_is_honoured(status: int, reason: str, seconds: float) -> No
     assert outcome == outcomes.RetryLater(reason, seconds)
 
 
-def test_without_retry_after_429_waits_a_minute_and_5xx_waits_15_minutes() -> None:
+def test_without_retry_after_429_waits_a_minute_and_5xx_follows_the_backoff() -> None:
     assert apns.classify_response(
         429, {}, _error("TooManyRequests"), token_registered_at=None
     ) == outcomes.RetryLater("TooManyRequests", 60.0)
     assert apns.classify_response(
         500, {}, _error("InternalServerError"), token_registered_at=None
-    ) == outcomes.RetryLater("InternalServerError", 900.0)
+    ) == outcomes.RetryLater("InternalServerError", None)
 
 
 @pytest.mark.parametrize("value", ["soon", "-5", "1.5", "Wed, 21 Oct 2026 07:28:00 GMT", ""])

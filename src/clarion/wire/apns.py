@@ -44,8 +44,11 @@ TOKEN_REFRESH_AGE: Final = timedelta(minutes=50)
 # Apple: reuse a token "as close to 1 h as possible" [AP-f2]; 50 min (apns2-go's 3000 s) keeps
 # ten minutes for clock skew between us and Apple and for requests already in flight.
 
-SERVER_ERROR_RETRY_SECONDS: Final = 900.0
-# Apple: "After 15 minutes, you can retry JSON payloads that receive [...] 5XX" [AP-resp].
+# 500/503 without Retry-After: no floor of our own, so the retry schedule's capped exponential
+# backoff with jitter applies (2 s, 4 s, ... up to 10 minutes). Apple suggests waiting 15 minutes
+# before retrying a payload that got a 5xx [AP-resp]; taken literally, every push caught in a
+# one-minute blip would arrive a quarter of an hour late. The backoff reaches Apple's pace after
+# nine attempts, so a long outage is not hammered, and a Retry-After, when sent, always wins.
 TOO_MANY_REQUESTS_RETRY_SECONDS: Final = 60.0
 # Apple gives no figure for 429; a minute lets the per-token rate limit (or a fresh connection,
 # after TooManyProviderTokenUpdates) recover without holding the message for long.
@@ -537,7 +540,7 @@ def classify_response(
     if 400 <= status < 500:
         return outcomes.Rejected(described)
     if 500 <= status < 600:
-        return outcomes.RetryLater(label, _or(retry_after, SERVER_ERROR_RETRY_SECONDS))
+        return outcomes.RetryLater(label, retry_after)
     # APNs answers nothing else; at-least-once means an unknown answer is tried again.
     return outcomes.RetryLater(f"unexpected {label}", retry_after)
 
