@@ -41,9 +41,14 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class AuthFailed:
-    """Our credential was refused: pause sends on it and alert; the message itself is fine."""
+    """Our credential was refused: pause sends on it and alert; the message itself is fine.
+
+    `credential_id` names the credential the provider refused (the transport knows which one it
+    used); without it there is nothing to pause and the delivery is only retried.
+    """
 
     reason: str
+    credential_id: str | None = None
 
 
 Outcome = Delivered | RetryLater | TokenInvalid | Rejected | AuthFailed
