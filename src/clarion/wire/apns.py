@@ -511,7 +511,7 @@ def classify_response(
       every other 403: `AuthFailed`, the credential needs fixing.
     - 429 (``TooManyRequests``, ``TooManyProviderTokenUpdates``): `RetryLater`, after a
       minute unless ``Retry-After`` says otherwise.
-    - 5xx: `RetryLater`, after 15 minutes as Apple asks unless ``Retry-After`` says otherwise.
+    - 5xx: `RetryLater` on the retry backoff unless ``Retry-After`` says otherwise.
 
     ``Retry-After`` (delta-seconds) is honoured on every `RetryLater`.
     """
