@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -20,10 +22,12 @@ import h2.settings
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from clarion.emulators.apns import ApnsEmulator
+from clarion.emulators.apns import ApnsEmulator, certificate_topics
 
 TEAM = "TEAM123456"
 KID = "KEY1234567"
@@ -106,8 +110,11 @@ class RawClient:
     task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, emulator: ApnsEmulator) -> RawClient:
-        context = client_context(emulator) if emulator.tls else None
+    async def connect(
+        cls, emulator: ApnsEmulator, *, context: ssl.SSLContext | None = None
+    ) -> RawClient:
+        if context is None and emulator.tls:
+            context = client_context(emulator)
         reader, writer = await asyncio.open_connection("127.0.0.1", emulator.port, ssl=context)
         if context is not None:
             assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
@@ -611,3 +618,388 @@ async def test_aioapns_delivers_through_the_emulator_and_reads_its_410(
     [received] = live_emulator.received
     assert received["payload"] == {"aps": {"alert": "hi"}}
     assert received["apns_id"] == delivered.notification_id
+
+
+# -- certificate-based authentication --------------------------------------------------------
+
+SANDBOX_OID = x509.ObjectIdentifier("1.2.840.113635.100.6.3.1")
+PRODUCTION_OID = x509.ObjectIdentifier("1.2.840.113635.100.6.3.2")
+TOPICS_OID = x509.ObjectIdentifier("1.2.840.113635.100.6.3.6")
+ASN1_NULL = b"\x05\x00"
+
+
+def der(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    length = bytes([size]) if size < 0x80 else bytes([0x81, size])
+    return bytes([tag]) + length + content
+
+
+def topics_extension(topics: Sequence[tuple[str, str]]) -> bytes:
+    """Apple's layout: each topic (UTF8String) followed by a SEQUENCE naming its kind."""
+    items = b"".join(
+        der(0x0C, topic.encode()) + der(0x30, der(0x0C, kind.encode())) for topic, kind in topics
+    )
+    return der(0x30, items)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+@dataclass
+class Authority:
+    """A stand-in for Apple's WWDR certification authority."""
+
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def create(cls, name: str = "Test WWDR CA") -> Authority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(at(START - 10 * 86400))
+            .not_valid_after(at(START + 3650 * 86400))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificate, key)
+
+    @property
+    def pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    def issue(
+        self,
+        uid: str | None = TOPIC,
+        *,
+        environments: Sequence[str] = ("sandbox",),
+        topics: Sequence[tuple[str, str]] | None = None,
+        not_before: float = START - 86400,
+        not_after: float = START + 365 * 86400,
+    ) -> str:
+        """A push certificate and its key, as one PEM (what `load_cert_chain` reads)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        names = [x509.NameAttribute(NameOID.COMMON_NAME, f"Apple Push Services: {uid}")]
+        if uid is not None:
+            names.append(x509.NameAttribute(NameOID.USER_ID, uid))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(names))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(at(not_before))
+            .not_valid_after(at(not_after))
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            )
+        )
+        for environment in environments:
+            oid = SANDBOX_OID if environment == "sandbox" else PRODUCTION_OID
+            builder = builder.add_extension(x509.UnrecognizedExtension(oid, ASN1_NULL), False)
+        if topics is not None:
+            value = topics_extension(topics)
+            builder = builder.add_extension(x509.UnrecognizedExtension(TOPICS_OID, value), False)
+        certificate = builder.sign(self.key, hashes.SHA256())
+        return certificate.public_bytes(serialization.Encoding.PEM).decode() + private_pem(key)
+
+
+@pytest.fixture
+def authority() -> Authority:
+    return Authority.create()
+
+
+@pytest.fixture
+async def tls_emulator(
+    clock: FakeClock, signing_key: ec.EllipticCurvePrivateKey, authority: Authority
+) -> AsyncIterator[ApnsEmulator]:
+    """TLS (certificates need it), sandbox, trusting `authority`."""
+    running = ApnsEmulator(tls=True, clock=clock)
+    running.register_key(TEAM, KID, public_pem(signing_key))
+    running.trust_certificate_authority(authority.pem)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+Connector = Callable[[ApnsEmulator, str], Awaitable[RawClient]]
+
+
+@pytest.fixture
+async def connect_with(tmp_path: Path) -> AsyncIterator[Connector]:
+    """Connect to an emulator presenting a client certificate (a PEM of certificate and key)."""
+    clients: list[RawClient] = []
+
+    async def connect(emulator: ApnsEmulator, chain: str) -> RawClient:
+        path = tmp_path / f"client-{len(clients)}.pem"
+        path.write_text(chain)
+        context = client_context(emulator)
+        context.load_cert_chain(path)
+        client = await RawClient.connect(emulator, context=context)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        await client.close()
+
+
+def cert_headers(**overrides: str | None) -> list[tuple[str, str]]:
+    return push_headers(None, **overrides)
+
+
+async def test_a_certificate_from_a_trusted_authority_authenticates_the_connection(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector
+) -> None:
+    client = await connect_with(tls_emulator, authority.issue())
+
+    answer = await client.request(cert_headers(), ALERT)
+
+    assert answer.status == 200
+    # No one-stream probation: that is for connections waiting for a valid provider token.
+    assert client.max_streams_seen[0] == 1000
+    [received] = tls_emulator.received
+    assert (received["auth"], received["topic"]) == ("certificate", TOPIC)
+    [connection] = tls_emulator.connections()
+    assert connection["auth"] == "certificate"
+    assert connection["topics"] == [TOPIC]
+    assert f"UID={TOPIC}" in connection["certificate_subject"]
+
+
+async def test_apns_topic_may_be_omitted_on_a_single_topic_certificate(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector
+) -> None:
+    client = await connect_with(tls_emulator, authority.issue())
+
+    answer = await client.request(cert_headers(apns_topic=None), ALERT)
+
+    assert answer.status == 200
+    assert tls_emulator.received[0]["topic"] == TOPIC
+
+
+async def test_an_authorization_header_is_ignored_on_a_certificate_connection(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector
+) -> None:
+    client = await connect_with(tls_emulator, authority.issue())
+
+    answer = await client.request(push_headers("bearer not-a-jwt"), ALERT)
+
+    assert answer.status == 200
+    assert tls_emulator.received[0]["auth"] == "certificate"
+
+
+async def test_a_certificate_pushes_only_to_its_own_topic(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector
+) -> None:
+    client = await connect_with(tls_emulator, authority.issue())
+
+    answer = await client.request(cert_headers(apns_topic="com.example.other"), ALERT)
+
+    assert (answer.status, answer.reason) == (400, "TopicDisallowed")
+
+
+async def test_a_multi_topic_certificate_pushes_to_its_listed_topics_and_needs_apns_topic(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector
+) -> None:
+    topics = [(TOPIC, "app"), (f"{TOPIC}.voip", "voip"), (f"{TOPIC}.complication", "complication")]
+    client = await connect_with(tls_emulator, authority.issue(topics=topics))
+
+    voip = await client.request(
+        cert_headers(apns_topic=f"{TOPIC}.voip", apns_push_type="voip"), ALERT
+    )
+    app = await client.request(cert_headers(), ALERT)
+    unlisted = await client.request(
+        cert_headers(apns_topic=f"{TOPIC}.push-type.widgets", apns_push_type="widgets"), ALERT
+    )
+    omitted = await client.request(cert_headers(apns_topic=None), ALERT)
+
+    assert (voip.status, app.status) == (200, 200)
+    assert (unlisted.status, unlisted.reason) == (400, "TopicDisallowed")
+    # Apple: apns-topic "is mandatory when the client is connected using a certificate that
+    # supports multiple topics".
+    assert (omitted.status, omitted.reason) == (400, "MissingTopic")
+    assert tls_emulator.connections()[0]["topics"] == [t for t, _ in topics]
+
+
+@pytest.mark.parametrize(
+    ("environment", "marked_for", "status", "reason"),
+    [
+        ("sandbox", ("production",), 403, "BadCertificateEnvironment"),
+        ("production", ("sandbox",), 403, "BadCertificateEnvironment"),
+        ("sandbox", ("sandbox", "production"), 200, None),
+        ("production", ("sandbox", "production"), 200, None),
+        ("production", ("production",), 200, None),
+    ],
+)
+async def test_a_certificate_for_the_other_environment_is_refused(
+    clock: FakeClock,
+    authority: Authority,
+    connect_with: Connector,
+    environment: str,
+    marked_for: tuple[str, ...],
+    status: int,
+    reason: str | None,
+) -> None:
+    emulator = ApnsEmulator(tls=True, clock=clock, environment=environment)
+    emulator.trust_certificate_authority(authority.pem)
+    await emulator.start()
+    try:
+        client = await connect_with(emulator, authority.issue(environments=marked_for))
+        answer = await client.request(cert_headers(), ALERT)
+    finally:
+        await emulator.stop()
+
+    assert (answer.status, answer.reason) == (status, reason)
+
+
+async def test_a_multi_topic_certificate_without_environment_marks_serves_both(
+    clock: FakeClock, authority: Authority, connect_with: Connector
+) -> None:
+    chain = authority.issue(environments=(), topics=[(TOPIC, "app")])
+    answers = []
+    for environment in ("sandbox", "production"):
+        emulator = ApnsEmulator(tls=True, clock=clock, environment=environment)
+        emulator.trust_certificate_authority(authority.pem)
+        await emulator.start()
+        try:
+            client = await connect_with(emulator, chain)
+            answers.append((await client.request(cert_headers(), ALERT)).status)
+        finally:
+            await emulator.stop()
+
+    assert answers == [200, 200]
+
+
+async def test_an_expired_certificate_is_a_bad_certificate(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector, clock: FakeClock
+) -> None:
+    client = await connect_with(tls_emulator, authority.issue(not_after=START + 60))
+
+    before = await client.request(cert_headers(), ALERT)
+    clock.advance(61)
+    after = await client.request(cert_headers(), ALERT)
+
+    assert before.status == 200
+    assert (after.status, after.reason) == (403, "BadCertificate")
+    assert [a["reason"] for a in tls_emulator.attempts] == [None, "BadCertificate"]
+
+
+async def test_a_certificate_not_yet_valid_is_a_bad_certificate(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector
+) -> None:
+    client = await connect_with(tls_emulator, authority.issue(not_before=START + 3600))
+
+    answer = await client.request(cert_headers(), ALERT)
+
+    assert (answer.status, answer.reason) == (403, "BadCertificate")
+    assert client.max_streams_seen == [1]
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        pytest.param(lambda a: a.issue(uid=None, topics=[(TOPIC, "app")]), id="no UID"),
+        pytest.param(lambda a: a.issue(environments=()), id="no environment"),
+    ],
+)
+async def test_a_certificate_that_is_no_push_certificate_is_a_bad_certificate(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector, chain: Any
+) -> None:
+    client = await connect_with(tls_emulator, chain(authority))
+
+    answer = await client.request(cert_headers(), ALERT)
+
+    assert (answer.status, answer.reason) == (403, "BadCertificate")
+
+
+async def test_a_certificate_from_an_untrusted_authority_fails_the_tls_handshake(
+    tls_emulator: ApnsEmulator, connect_with: Connector
+) -> None:
+    stranger = Authority.create("Someone else")
+
+    # TLS 1.3 ends the client's side of the handshake before the server judged its
+    # certificate, so the refusal may come at connect or at the first read.
+    async def push() -> Answer:
+        client = await connect_with(tls_emulator, stranger.issue())
+        return await client.request(cert_headers(), ALERT)
+
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        await push()
+
+    assert tls_emulator.attempts == []
+    assert tls_emulator.connections() == []
+
+
+async def test_without_certificate_or_token_the_provider_token_is_missing(
+    tls_emulator: ApnsEmulator,
+) -> None:
+    client = await RawClient.connect(tls_emulator)
+    try:
+        answer = await client.request(cert_headers(), ALERT)
+    finally:
+        await client.close()
+
+    assert (answer.status, answer.reason) == (403, "MissingProviderToken")
+    assert tls_emulator.attempts[0]["auth"] is None
+
+
+async def test_token_clients_are_served_beside_certificate_clients(
+    tls_emulator: ApnsEmulator, authority: Authority, connect_with: Connector, bearer: str
+) -> None:
+    with_certificate = await connect_with(tls_emulator, authority.issue())
+    with_token = await RawClient.connect(tls_emulator)
+    try:
+        by_certificate = await with_certificate.request(cert_headers(), ALERT)
+        by_token = await with_token.request(push_headers(bearer), ALERT)
+    finally:
+        await with_token.close()
+
+    assert (by_certificate.status, by_token.status) == (200, 200)
+    assert sorted(r["auth"] for r in tls_emulator.received) == ["certificate", "token"]
+
+
+async def test_certificate_authorities_are_trusted_through_the_control_api(
+    clock: FakeClock, authority: Authority, connect_with: Connector
+) -> None:
+    emulator = ApnsEmulator(tls=True, clock=clock)
+    await emulator.start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{emulator.control_port}"
+        ) as control:
+            trusted = await control.post(
+                "/control/certificate-authorities", json={"certificate": authority.pem}
+            )
+            listed = await control.get("/control/certificate-authorities")
+            refused = await control.post(
+                "/control/certificate-authorities", json={"certificate": "not a PEM"}
+            )
+        client = await connect_with(emulator, authority.issue())
+        answer = await client.request(cert_headers(), ALERT)
+    finally:
+        await emulator.stop()
+
+    assert trusted.status_code == 201
+    [described] = trusted.json()
+    assert described["subject"] == "CN=Test WWDR CA"
+    assert listed.json() == [described]
+    assert refused.status_code == 400
+    assert answer.status == 200
+
+
+def test_the_topics_extension_is_read_as_apple_writes_it() -> None:
+    value = topics_extension([(TOPIC, "app"), (f"{TOPIC}.voip", "voip")])
+
+    assert certificate_topics(value) == [TOPIC, f"{TOPIC}.voip"]
+    # Some tools wrap the value in one more OCTET STRING; it reads the same.
+    assert certificate_topics(der(0x04, value)) == [TOPIC, f"{TOPIC}.voip"]
+    with pytest.raises(ValueError, match="DER"):
+        certificate_topics(b"\x30\x05\x0c")

@@ -95,6 +95,16 @@ def test_certificate_auth_sends_no_authorization_header() -> None:
     assert "authorization" not in _headers(request)
 
 
+def test_certificate_auth_still_names_the_topic() -> None:
+    # Optional with a single-topic certificate (it defaults to the subject's UID), required
+    # with a multi-topic one [AP-resp, MissingTopic]: always sent, so either kind works.
+    request = _request(
+        Notification(TOKEN, "com.example.app", push_type=PushType.VOIP, body="x"),
+        authorization=None,
+    )
+    assert _headers(request)["apns-topic"] == "com.example.app.voip"
+
+
 def test_the_sandbox_environment_uses_the_sandbox_host() -> None:
     request = apns.build_request(
         Notification(TOKEN, "com.example.app", body="x"),

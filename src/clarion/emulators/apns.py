@@ -2,8 +2,9 @@
 on one port, a plain HTTP/1.1 JSON control API on another.
 
 Written from Apple's documentation ("Sending notification requests to APNs", "Handling notification
-responses from APNs", "Establishing a token-based connection to APNs"), as summarised in
-research/protocols.md §1. docs/emulators.md lists what is validated and the known deviations.
+responses from APNs", "Establishing a token-based connection to APNs", "Establishing a
+certificate-based connection to APNs"), as summarised in research/protocols.md §1.
+docs/emulators.md lists what is validated and the known deviations.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -79,12 +81,25 @@ HEX_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
 TOPIC = re.compile(r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*$")
 APNS_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 AUTH_FAILURES = {
+    "BadCertificate",
+    "BadCertificateEnvironment",
     "MissingProviderToken",
     "InvalidProviderToken",
     "ExpiredProviderToken",
     "UnrelatedKeyIdInToken",
     "TooManyProviderTokenUpdates",
 }
+
+# Apple's push-certificate extensions (Apple WWDR CPS): the certificate is for the development
+# (sandbox) service, for the production service, and the topics it may push to [AP-send].
+SANDBOX_CERTIFICATE_OID = x509.ObjectIdentifier("1.2.840.113635.100.6.3.1")
+PRODUCTION_CERTIFICATE_OID = x509.ObjectIdentifier("1.2.840.113635.100.6.3.2")
+TOPICS_CERTIFICATE_OID = x509.ObjectIdentifier("1.2.840.113635.100.6.3.6")
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (the ssl module has no name for it): the handshake checks
+# the chain, the emulator's own clock judges the dates, so tests can age a certificate.
+_NO_CHECK_TIME = 0x200000
+# DER tags of the string types a topic may be written in: UTF8String, PrintableString, IA5String.
+_DER_STRINGS = {0x0C, 0x13, 0x16}
 
 
 @dataclass
@@ -116,6 +131,36 @@ class RegisteredKey:
     topics: list[str] | None = None
 
 
+@dataclass(frozen=True)
+class ClientCertificate:
+    """What a TLS client certificate (chained to a trusted authority) says about its holder."""
+
+    subject: str
+    uid: str | None  # the subject's UID (0.9.2342.19200300.100.1.1): the app's bundle ID
+    topics: tuple[str, ...]  # the UID, then those of the multi-topic extension
+    multi_topic: bool
+    environments: frozenset[str]  # "sandbox" and/or "production", from Apple's extensions
+    not_before: float
+    not_after: float
+    problem: str | None = None  # why it is no push certificate at all
+
+    @property
+    def default_topic(self) -> str | None:
+        """The topic of a push without ``apns-topic``: the subject's UID, unless the certificate
+        has several topics (then ``apns-topic`` is required) [AP-resp, MissingTopic]."""
+        return None if self.multi_topic else self.uid
+
+
+@dataclass(frozen=True)
+class _Principal:
+    """Who a request was authenticated as: the topics allowed (None: any) and the topic used
+    when ``apns-topic`` is absent (None: it is required)."""
+
+    auth: str
+    topics: tuple[str, ...] | None
+    default_topic: str | None = None
+
+
 @dataclass
 class _Stream:
     headers: list[tuple[str, str]]
@@ -129,6 +174,7 @@ class _Connection:
     h2: h2.connection.H2Connection
     writer: asyncio.StreamWriter
     max_streams: int = STREAMS_BEFORE_VALID_TOKEN
+    certificate: ClientCertificate | None = None  # the TLS client certificate, if one was sent
     key: tuple[str, str] | None = None  # (team, key id) bound by the first valid token
     token: str | None = None
     token_since: float = 0.0
@@ -183,6 +229,8 @@ class ApnsEmulator:
         self._clock = clock
         self._certificate_pem: bytes | None = None
         self._keys: dict[tuple[str, str], RegisteredKey] = {}
+        self._authorities: list[x509.Certificate] = []
+        self._context: ssl.SSLContext | None = None
         self._outcomes: list[ScriptedOutcome] = []
         self._outcome_ids = itertools.count(1)
         self._connection_ids = itertools.count(1)
@@ -193,7 +241,7 @@ class ApnsEmulator:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        context = self._ssl_context() if self.tls else None
+        context = self._context = self._ssl_context() if self.tls else None
         self._push_server = await asyncio.start_server(
             self._serve_push, self.host, self._requested_port, ssl=context
         )
@@ -254,6 +302,19 @@ class ApnsEmulator:
             raise ValueError("the key must be a P-256 (ES256) key")
         self._keys[(team_id, key_id)] = RegisteredKey(team_id, key_id, loaded, topics)
 
+    def trust_certificate_authority(self, pem: str) -> list[dict[str, str]]:
+        """Trust client certificates issued by the certificate(s) in `pem` (Apple's WWDR CA, in
+        real life): a TLS connection presenting one is certificate-authenticated. Takes effect
+        for new connections, before or after `start`; trust cannot be withdrawn."""
+        certificates = x509.load_pem_x509_certificates(pem.encode())
+        if self._context is not None:
+            self._context.load_verify_locations(cadata=pem)
+        self._authorities.extend(c for c in certificates if c not in self._authorities)
+        return [_describe(c) for c in certificates]
+
+    def certificate_authorities(self) -> list[dict[str, str]]:
+        return [_describe(c) for c in self._authorities]
+
     def script(
         self,
         status: int,
@@ -310,8 +371,11 @@ class ApnsEmulator:
             {
                 "id": c.id,
                 "max_concurrent_streams": c.max_streams,
+                "auth": _auth_of(c, None),
                 "team_id": c.key[0] if c.key else None,
                 "key_id": c.key[1] if c.key else None,
+                "certificate_subject": c.certificate.subject if c.certificate else None,
+                "topics": list(c.certificate.topics) if c.certificate else None,
                 "unusable": c.unusable,
             }
             for c in self._connections.values()
@@ -324,6 +388,14 @@ class ApnsEmulator:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # [AP-send] TLS 1.2 or later
         context.set_alpn_protocols(["h2"])
+        # Certificate-based auth [AP-send]: a client certificate is asked for, never required
+        # (token clients send none). One not chained to a trusted authority fails the handshake.
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.verify_flags = ssl.VerifyFlags(context.verify_flags | _NO_CHECK_TIME)
+        for authority in self._authorities:
+            context.load_verify_locations(
+                cadata=authority.public_bytes(serialization.Encoding.PEM).decode()
+            )
         if self._cert_file is not None and self._key_file is not None:
             context.load_cert_chain(self._cert_file, self._key_file)
             self._certificate_pem = self._cert_file.read_bytes()
@@ -344,16 +416,27 @@ class ApnsEmulator:
         if ssl_object is not None and ssl_object.selected_alpn_protocol() not in (None, "h2"):
             writer.close()
             return
+        peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        certificate = _read_certificate(peer) if peer else None
+        # [AP-send] limits streams to one until a valid *token*; a good certificate has already
+        # authenticated the connection, so it starts at the full limit.
+        streams = STREAMS_BEFORE_VALID_TOKEN
+        if certificate is not None and self._judge(certificate, self._clock()) is None:
+            streams = STREAMS_AFTER_VALID_TOKEN
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         conn = h2.connection.H2Connection(config=config)
         conn.local_settings = h2.settings.Settings(
             client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: STREAMS_BEFORE_VALID_TOKEN
-            },
+            initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams},
         )
         conn.initiate_connection()
-        connection = _Connection(id=next(self._connection_ids), h2=conn, writer=writer)
+        connection = _Connection(
+            id=next(self._connection_ids),
+            h2=conn,
+            writer=writer,
+            max_streams=streams,
+            certificate=certificate,
+        )
         self._connections[connection.id] = connection
         connection.flush()
         try:
@@ -422,11 +505,12 @@ class ApnsEmulator:
         rejection = self._validate(connection, method, match, token, stream, now)
         if rejection is None and token is not None:
             rejection = self._scripted(token, now)
+        auth = _auth_of(connection, headers.get("authorization"))
         if rejection is None:
             self.received.append(
                 {
                     "token": token,
-                    "topic": headers.get("apns-topic"),
+                    "topic": headers.get("apns-topic") or _default_topic(connection),
                     "push_type": headers.get("apns-push-type", "alert"),
                     "priority": int(headers.get("apns-priority", DEFAULT_PRIORITY)),
                     "expiration": _int_or_none(headers.get("apns-expiration")),
@@ -434,6 +518,7 @@ class ApnsEmulator:
                     "apns_id": apns_id,
                     "headers": {k: v for k, v in stream.headers if not k.startswith(":")},
                     "payload": json.loads(stream.body),
+                    "auth": auth,
                     "time": now,
                     "connection": connection.id,
                     "stream": stream_id,
@@ -447,6 +532,7 @@ class ApnsEmulator:
                 "apns_id": apns_id,
                 "status": 200 if rejection is None else rejection.status,
                 "reason": None if rejection is None else rejection.reason,
+                "auth": auth,
                 "time": now,
                 "connection": connection.id,
                 "stream": stream_id,
@@ -527,12 +613,12 @@ class ApnsEmulator:
             return Rejection(400, "DuplicateHeaders")
         headers = dict(stream.headers)
 
-        key, failure = self._authenticate(connection, headers.get("authorization"), now)
+        principal, failure = self._authenticate(connection, headers.get("authorization"), now)
         if failure is not None:
             self._set_max_streams(connection, STREAMS_BEFORE_VALID_TOKEN)
             return Rejection(429 if failure == "TooManyProviderTokenUpdates" else 403, failure)
         self._set_max_streams(connection, STREAMS_AFTER_VALID_TOKEN)
-        assert key is not None
+        assert principal is not None
 
         request_id = headers.get("apns-id")
         if request_id is not None and not APNS_ID.match(request_id):
@@ -540,12 +626,12 @@ class ApnsEmulator:
         push_type = headers.get("apns-push-type", "alert")
         if push_type not in PUSH_TYPE_TOPIC_SUFFIXES:
             return Rejection(400, "InvalidPushType")
-        topic = headers.get("apns-topic")
+        topic = headers.get("apns-topic") or principal.default_topic
         if not topic:
             return Rejection(400, "MissingTopic")
         if not TOPIC.match(topic) or not topic.endswith(PUSH_TYPE_TOPIC_SUFFIXES[push_type]):
             return Rejection(400, "BadTopic")
-        if key.topics is not None and topic not in key.topics:
+        if principal.topics is not None and topic not in principal.topics:
             return Rejection(400, "TopicDisallowed")
         priority = headers.get("apns-priority", DEFAULT_PRIORITY)
         if priority not in PRIORITIES or (push_type == "background" and priority == "10"):
@@ -574,6 +660,32 @@ class ApnsEmulator:
         return None
 
     def _authenticate(
+        self, connection: _Connection, authorization: str | None, now: float
+    ) -> tuple[_Principal | None, str | None]:
+        certificate = connection.certificate
+        if certificate is not None:
+            # [AP-send] the authorization header is ignored on a certificate connection.
+            failure = self._judge(certificate, now)
+            if failure is not None:
+                return None, failure
+            return _Principal("certificate", certificate.topics, certificate.default_topic), None
+        key, failure = self._authenticate_token(connection, authorization, now)
+        if key is None:
+            return None, failure
+        topics = None if key.topics is None else tuple(key.topics)
+        return _Principal("token", topics), None
+
+    def _judge(self, certificate: ClientCertificate, now: float) -> str | None:
+        """Why a trusted client certificate cannot push here now, or None."""
+        if certificate.problem is not None:
+            return "BadCertificate"
+        if not certificate.not_before <= now <= certificate.not_after:
+            return "BadCertificate"
+        if self.environment not in certificate.environments:
+            return "BadCertificateEnvironment"
+        return None
+
+    def _authenticate_token(
         self, connection: _Connection, authorization: str | None, now: float
     ) -> tuple[RegisteredKey | None, str | None]:
         if connection.unusable:
@@ -711,6 +823,17 @@ class ApnsEmulator:
                     400, f"need team_id, key_id and a P-256 public_key: {exc}"
                 ) from exc
             return 201, {"team_id": given["team_id"], "key_id": given["key_id"]}
+        if route == ("POST", "/control/certificate-authorities"):
+            pem = payload().get("certificate")
+            if not isinstance(pem, str):
+                raise ControlError(400, "certificate is a PEM string")
+            try:
+                trusted = self.trust_certificate_authority(pem)
+            except (ValueError, ssl.SSLError) as exc:
+                raise ControlError(400, f"not a PEM X.509 certificate: {exc}") from exc
+            return 201, trusted
+        if route == ("GET", "/control/certificate-authorities"):
+            return 200, self.certificate_authorities()
         if route == ("GET", "/control/keys"):
             return 200, [
                 {"team_id": k.team_id, "key_id": k.key_id, "topics": k.topics}
@@ -778,6 +901,131 @@ _PHRASES = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found"}
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
+
+
+def _auth_of(connection: _Connection, authorization: str | None) -> str | None:
+    """How a request (or, without `authorization`, a connection) authenticates."""
+    if connection.certificate is not None:
+        return "certificate"
+    if authorization or connection.key is not None:
+        return "token"
+    return None
+
+
+def _default_topic(connection: _Connection) -> str | None:
+    return connection.certificate.default_topic if connection.certificate else None
+
+
+def _describe(certificate: x509.Certificate) -> dict[str, str]:
+    return {
+        "subject": certificate.subject.rfc4514_string(),
+        "sha256": hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    }
+
+
+def client_certificate(der: bytes) -> ClientCertificate:
+    """Read a client certificate as APNs does: the topic is the subject's UID, more topics may
+    be listed in extension 1.2.840.113635.100.6.3.6, and extensions 1.2.840.113635.100.6.3.1
+    and .2 mark it for the sandbox and the production service [AP-send]."""
+    certificate = x509.load_der_x509_certificate(der)
+    not_before = certificate.not_valid_before_utc.timestamp()
+    not_after = certificate.not_valid_after_utc.timestamp()
+    subject = certificate.subject.rfc4514_string()
+    uids = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
+    uid = str(uids[0].value) if uids else None
+    oids = {extension.oid for extension in certificate.extensions}
+    environments = frozenset(
+        name
+        for name, oid in (
+            ("sandbox", SANDBOX_CERTIFICATE_OID),
+            ("production", PRODUCTION_CERTIFICATE_OID),
+        )
+        if oid in oids
+    )
+    if not environments and TOPICS_CERTIFICATE_OID in oids:
+        # A multi-topic ("universal", Sandbox & Production) certificate: some tools take the
+        # topics extension alone as the mark of one, so it is read as serving both.
+        environments = frozenset({"sandbox", "production"})
+    problem: str | None = None
+    extra: list[str] = []
+    if TOPICS_CERTIFICATE_OID in oids:
+        value = certificate.extensions.get_extension_for_oid(TOPICS_CERTIFICATE_OID).value
+        try:
+            extra = certificate_topics(value.public_bytes())
+        except ValueError:
+            problem = "its topics extension is not a DER sequence"
+    if uid is None:
+        problem = "its subject has no UID (the bundle ID)"
+    elif not environments:
+        problem = "it is marked for neither the sandbox nor production"
+    topics = tuple(dict.fromkeys([uid, *extra] if uid else extra))
+    return ClientCertificate(
+        subject=subject,
+        uid=uid,
+        topics=topics,
+        multi_topic=TOPICS_CERTIFICATE_OID in oids,
+        environments=environments,
+        not_before=not_before,
+        not_after=not_after,
+        problem=problem,
+    )
+
+
+def _read_certificate(der: bytes) -> ClientCertificate:
+    try:
+        return client_certificate(der)
+    except ValueError as exc:  # the handshake accepted it, but `cryptography` cannot read it
+        return ClientCertificate(
+            subject="",
+            uid=None,
+            topics=(),
+            multi_topic=False,
+            environments=frozenset(),
+            not_before=0.0,
+            not_after=0.0,
+            problem=f"unreadable: {exc}",
+        )
+
+
+def certificate_topics(value: bytes) -> list[str]:
+    """The topics in the DER value of extension 1.2.840.113635.100.6.3.6: a SEQUENCE of
+    strings (the topics), each followed by a SEQUENCE naming its kind (``app``, ``voip``,
+    ``complication``...), which is skipped. A value wrapped once more in an OCTET STRING is
+    unwrapped.
+
+    Raises:
+        ValueError: the value is not such a sequence.
+    """
+    items = _der_items(value)
+    if len(items) == 1 and items[0][0] == 0x04:  # OCTET STRING
+        items = _der_items(items[0][1])
+    if len(items) != 1 or items[0][0] != 0x30:  # SEQUENCE
+        raise ValueError("not a DER SEQUENCE")
+    return [
+        content.decode("utf-8") for tag, content in _der_items(items[0][1]) if tag in _DER_STRINGS
+    ]
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) pairs of consecutive DER elements (single-byte tags)."""
+    items: list[tuple[int, bytes]] = []
+    at = 0
+    while at < len(data):
+        if at + 2 > len(data):
+            raise ValueError("truncated DER")
+        tag, length = data[at], data[at + 1]
+        at += 2
+        if length & 0x80:
+            size = length & 0x7F
+            if not 0 < size <= 4 or at + size > len(data):
+                raise ValueError("bad DER length")
+            length = int.from_bytes(data[at : at + size], "big")
+            at += size
+        if at + length > len(data):
+            raise ValueError("truncated DER")
+        items.append((tag, data[at : at + length]))
+        at += length
+    return items
 
 
 def self_signed_certificate(host: str = "127.0.0.1") -> tuple[bytes, bytes]:
