@@ -1,31 +1,39 @@
-"""APNs client benchmark: Clarion's `ApnsTransport` against aioapns, same emulator, same run.
+"""APNs client benchmark: Clarion's `ApnsTransport` against aioapns and h2load, one emulator.
 
     .venv/bin/python bench/apns.py [--pushes 200000] [--runs 3] [--batch 100] [--json]
 
 Starts the APNs emulator in a separate process (``clarion emulate apns --tls``, latency 0, pinned
 to CPU 1 with ``taskset -c 1`` when taskset exists), registers a freshly generated P-256 signing
-key through its control API, and pins this process to CPU 0. Each run then sends N pushes:
+key through its control API, and pins this process (and h2load) to CPU 0. Each run then sends N
+pushes (default 200,000) with each client, over TLS to that one emulator:
 
 - ``clarion``: `ApnsTransport.send` called with batches of ``--batch`` claimed deliveries, one
   batch after another, as `Delivering.deliver_once` does (its default batch is 100). The
   transport uses one TLS connection and as many streams as the batch needs.
 - ``aioapns``: ``APNs.send_notification`` for the same pushes, ``asyncio.gather`` over chunks of
-  ``--batch`` (aioapns opens connections as its streams run out; with 100 in flight that is one).
+  ``--batch`` (aioapns opens connections as its streams run out; with its stream-limit bug, see
+  `fixed_settings`, that is ten).
+- ``aioapns+fix``: the same with that bug corrected: one connection.
+- ``h2load`` (Debian ``nghttp2-client``; ``scripts/ensure-bench-tools.sh`` installs it): the
+  protocol ceiling, ``-c 1 -m <batch>`` on one connection with the same body and headers (one
+  provider token, N distinct device tokens via ``-i``). The emulator, like APNs, allows one stream
+  until it has seen a valid token, and h2load would open all its streams before reading the
+  server's SETTINGS (the emulator then drops the connection), so h2load is paced with ``--rps``
+  (far above what the emulator can take: it only makes h2load start its first requests on a
+  timer tick, after SETTINGS, and then keeps ``-m`` in flight).
 
-Both send the same payload (alert title and body, thread id, category, one custom key) with the
-same topic, to distinct device tokens. The order of the two phases alternates between runs.
-For each phase: wall time and this process's CPU time (``time.process_time``), pushes/s,
-pushes per client CPU-second ("per core"), and the emulator's CPU time (from /proc). Before
-each phase the emulator's received list is cleared (``DELETE /control/received``); after it,
-the count it clears must equal N, and every outcome must be a success.
+All send the same payload (alert title and body, thread id, category, one custom key) with the
+same topic, to distinct device tokens. The order of the phases alternates between runs. For each
+phase: wall time and the client's CPU time (``time.process_time`` for the Python clients, the
+child's rusage for h2load), pushes/s, pushes per client CPU-second ("per core"), and the
+emulator's CPU time (from /proc). Before each phase the emulator's received list is cleared
+(``DELETE /control/received``); after it, the count it clears must equal N, and every outcome
+must be a success.
 
-If ``h2load`` is on PATH it is also run against a second emulator process (``--h2c``, CPU 1) with
-the same request shape: the protocol ceiling of this emulator. Otherwise that is reported as
-skipped.
-
-Reports medians over the runs, and the median of the per-run ratios clarion / aioapns. The emulator
-is pure-Python HTTP/2 on one core, so it may bound the wall-clock rate of both clients; the
-per-core figure (client CPU) is the one that compares the clients.
+Reports medians over the runs, and the medians of the per-run ratios clarion / each other client.
+The emulator is pure-Python HTTP/2 on one core, so it bounds the wall-clock rate of every client
+(h2load's pushes/s is that bound); the per-core figure (client CPU) is the one that compares the
+clients.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import functools
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import ssl
@@ -83,6 +92,7 @@ class Phase:
     cpu_s: float
     emulator_cpu_s: float
     connections: int = 1
+    note: str = ""
 
     @property
     def per_s(self) -> float:
@@ -318,55 +328,64 @@ async def run_aioapns(
 
 # -- h2load, the protocol ceiling ----------------------------------------------------------------
 
+H2LOAD_MISSING = "h2load is not on PATH: run scripts/ensure-bench-tools.sh (Debian nghttp2-client)"
+H2LOAD_RPS = 1_000_000
+"""Requests per second h2load may start: far above the emulator's ~2k/s, so it only delays the
+first requests to a timer tick after the server's SETTINGS (see the module docstring)."""
 
-def run_h2load(pem: str, public: str, workdir: Path, args: Any) -> dict[str, Any] | str:
-    h2load = shutil.which("h2load")
-    if h2load is None:
-        return "h2load is not on PATH (Debian package nghttp2-client, not installed here)"
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_h2load(emulator: Emulator, pem: str, workdir: Path, args: Any) -> Phase:
     import jwt
 
-    emulator = Emulator(tls=False, cert_out=None)
-    try:
-        emulator.control(
-            "POST", "/control/keys", {"team_id": TEAM, "key_id": KID, "public_key": public}
-        )
-        token = jwt.encode(
-            {"iss": TEAM, "iat": int(datetime.now(UTC).timestamp())},
-            pem,
-            algorithm="ES256",
-            headers={"kid": KID},
-        )
-        body = workdir / "payload.json"
-        payload = {
-            "aps": {
-                "alert": {"title": TITLE, "body": BODY},
-                "thread-id": GROUP,
-                "category": CATEGORY,
-            },
-            **DATA,
-        }
-        body.write_text(json.dumps(payload))
-        url = f"http://127.0.0.1:{emulator.port}/3/device/{token_of(1)}"
-        command = [h2load, "-n", str(args.pushes), "-c", "1", "-m", str(args.batch)]
-        command += ["-d", str(body), "-H", f"authorization: bearer {token}"]
-        command += ["-H", f"apns-topic: {TOPIC}", "-H", "apns-push-type: alert", url]
-        if shutil.which("taskset"):
-            command = ["taskset", "-c", str(CLIENT_CPU), *command]
-        emulator.cleared()
-        emu0, wall0 = emulator.cpu_s(), time.perf_counter()
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        wall, emu = time.perf_counter() - wall0, emulator.cpu_s() - emu0
-        received = emulator.cleared()
-    finally:
-        emulator.stop()
-    rate = next((line for line in output.splitlines() if line.startswith("finished in")), "")
-    return {
-        "wall_s": wall,
-        "per_s": args.pushes / wall,
-        "emulator_cpu_s": emu,
-        "received": received,
-        "h2load": rate.strip(),
+    h2load = shutil.which("h2load")
+    if h2load is None:
+        raise RuntimeError(H2LOAD_MISSING)
+    token = jwt.encode(
+        {"iss": TEAM, "iat": int(datetime.now(UTC).timestamp())},
+        pem,
+        algorithm="ES256",
+        headers={"kid": KID},
+    )
+    body = workdir / "payload.json"
+    payload = {
+        "aps": {"alert": {"title": TITLE, "body": BODY}, "thread-id": GROUP, "category": CATEGORY},
+        **DATA,
     }
+    body.write_text(json.dumps(payload, separators=(",", ":")))
+    urls = workdir / "urls.txt"
+    if (
+        not urls.exists()
+        or urls.stat().st_size == 0
+        or args.pushes != len(urls.read_text().splitlines())
+    ):
+        base = f"https://127.0.0.1:{emulator.port}/3/device/"
+        urls.write_text("".join(f"{base}{token_of(n)}\n" for n in range(1, args.pushes + 1)))
+    command = [h2load, "-n", str(args.pushes), "-c", "1", "-m", str(args.batch)]
+    command += ["--rps", str(H2LOAD_RPS), "-i", str(urls), "-d", str(body)]
+    command += ["-H", f"authorization: bearer {token}", "-H", f"apns-topic: {TOPIC}"]
+    command += ["-H", "apns-push-type: alert"]
+    if shutil.which("taskset"):
+        command = ["taskset", "-c", str(CLIENT_CPU), *command]
+    emulator.cleared()
+    cpu0, emu0, wall0 = children_cpu_s(), emulator.cpu_s(), time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - wall0
+    cpu, emu = children_cpu_s() - cpu0, emulator.cpu_s() - emu0
+    received = emulator.cleared()
+    lines = done.stdout.splitlines()
+    summary = next((line for line in lines if line.startswith("requests:")), "")
+    if done.returncode or f"{args.pushes} succeeded" not in summary or received != args.pushes:
+        raise RuntimeError(
+            f"h2load: exit {done.returncode}, {summary or done.stderr[-500:]!r},"
+            f" emulator received {received}"
+        )
+    finished = next((line for line in lines if line.startswith("finished in")), "")
+    return Phase("h2load", args.pushes, wall, cpu, emu, 1, finished.strip())
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -391,6 +410,28 @@ def row(p: Phase) -> str:
     )
 
 
+HEADER = (
+    "| client      |   pushes |  wall s |  pushes/s |   CPU s | pushes/CPU-s "
+    "| emu CPU s | conns |\n"
+    "|-------------|---------:|--------:|----------:|--------:|-------------:"
+    "|----------:|------:|"
+)
+
+
+def ratios(results: dict[str, list[Phase]]) -> dict[str, dict[str, list[float]]]:
+    """Per run, clarion's pushes/s and pushes per CPU-second over each other client's."""
+    found: dict[str, dict[str, list[float]]] = {}
+    for other, phases in results.items():
+        if other == "clarion" or len(phases) != len(results["clarion"]):
+            continue
+        pairs = list(zip(results["clarion"], phases, strict=True))
+        found[other] = {
+            "per_s": [c.per_s / o.per_s for c, o in pairs],
+            "per_cpu_s": [c.per_cpu_s / o.per_cpu_s for c, o in pairs],
+        }
+    return found
+
+
 async def bench(args: Any) -> None:
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {CLIENT_CPU})
@@ -403,6 +444,9 @@ async def bench(args: Any) -> None:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+    skipped = None if shutil.which("h2load") else H2LOAD_MISSING
+    names = ["clarion", "aioapns", "aioapns+fix"] + ([] if skipped else ["h2load"])
+    results: dict[str, list[Phase]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         cert = workdir / "emulator.pem"
@@ -418,56 +462,59 @@ async def bench(args: Any) -> None:
                 f" client on CPU {CLIENT_CPU}: {sorted(os.sched_getaffinity(0))}",
                 file=sys.stderr,
             )
-            results: dict[str, list[Phase]] = {"clarion": [], "aioapns": [], "aioapns+fix": []}
-            stock = functools.partial(run_aioapns, fixed=False)
-            fixed = functools.partial(run_aioapns, fixed=True)
+
+            async def h2load(*_: Any) -> Phase:
+                return run_h2load(emulator, pem, workdir, args)
+
+            phases = {
+                "clarion": run_clarion,
+                "aioapns": functools.partial(run_aioapns, fixed=False),
+                "aioapns+fix": functools.partial(run_aioapns, fixed=True),
+                "h2load": h2load,
+            }
             for run in range(args.runs):
-                order = [run_clarion, stock, fixed]
-                if run % 2:
-                    order.reverse()
-                for phase in order:
-                    measured = await phase(emulator, context, pem, args)
-                    results[measured.client].append(measured)
+                order = names if run % 2 == 0 else names[::-1]
+                for name in order:
+                    measured = await phases[name](emulator, context, pem, args)
+                    results[name].append(measured)
                     print(f"run {run + 1}: {row(measured)}", file=sys.stderr)
         finally:
             emulator.stop()
-        ceiling = run_h2load(pem, public, workdir, args)
 
     medians = {name: median_of(phases) for name, phases in results.items()}
+    found = ratios(results)
     if args.json:
         print(
             json.dumps(
                 {
                     "runs": {k: [asdict(p) for p in v] for k, v in results.items()},
                     "medians": {k: asdict(p) for k, p in medians.items()},
-                    "h2load": ceiling,
+                    "ratios": found,
+                    "h2load_skipped": skipped,
                 }
             )
         )
         return
     print(f"\nmedians of {args.runs} runs, {args.pushes:,} pushes each, {args.batch} in flight\n")
-    print(
-        "| client      |   pushes |  wall s |  pushes/s |   CPU s | pushes/CPU-s "
-        "| emu CPU s | conns |"
-    )
-    print(
-        "|-------------|---------:|--------:|----------:|--------:|-------------:"
-        "|----------:|------:|"
-    )
+    print(HEADER)
     for phase in medians.values():
         print(row(phase))
+    print("\nclarion / other, per run and median:\n")
+    for other, values in found.items():
+        for what, label in (("per_cpu_s", "per core"), ("per_s", "pushes/s")):
+            runs = " ".join(f"{v:.2f}" for v in values[what])
+            print(
+                f"- clarion / {other}, {label}: {runs}; median "
+                f"**{statistics.median(values[what]):.2f}x**"
+            )
     for other in ("aioapns", "aioapns+fix"):
-        pairs = list(zip(results["clarion"], results[other], strict=True))
-        rate = statistics.median(c.per_s / a.per_s for c, a in pairs)
-        core = statistics.median(c.per_cpu_s / a.per_cpu_s for c, a in pairs)
-        print(
-            f"clarion / {other}, median of the per-run ratios: {rate:.2f}x pushes/s,"
-            f" {core:.2f}x per core (target >= 2x per core: {'met' if core >= 2 else 'not met'})"
-        )
-    if isinstance(ceiling, str):
-        print(f"h2load ceiling: skipped: {ceiling}")
+        core = statistics.median(found[other]["per_cpu_s"])
+        print(f"target clarion >= 2x {other} per core: {'met' if core >= 2 else 'not met'}")
+    if skipped:
+        print(f"h2load ceiling: skipped: {skipped}")
     else:
-        print(f"h2load ceiling (h2c emulator): {ceiling}")
+        notes = "; ".join(p.note for p in results["h2load"])
+        print(f"h2load's own summaries: {notes}")
 
 
 def main() -> None:

@@ -156,20 +156,71 @@ async def test_without_a_default_only_the_named_app_gets_a_credential(
     assert await clarion.credentials.load(tenant, "fcm", "com.example.special") is None
 
 
-async def test_paused_credentials_are_not_loaded_until_replaced(
+async def test_a_paused_credential_still_loads_with_its_status_and_reason(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    default, _ = await _put(clarion, tenant, "default")
+    assert await clarion.credentials.pause(tenant, default, "InvalidProviderToken")
+    for app_id in (None, "com.example.any"):
+        credential = await _loaded(clarion, tenant, app_id)
+        assert credential.info.id == default
+        assert (credential.info.status, credential.info.paused_reason) == (
+            "paused",
+            "InvalidProviderToken",
+        )
+
+
+async def test_the_apps_own_credential_is_loaded_even_when_paused(
     clarion: bootstrap.Clarion,
 ) -> None:
     tenant = await _tenant(clarion)
     default, _ = await _put(clarion, tenant, "default")
     special, _ = await _put(clarion, tenant, "special", app_id="com.example.special")
-    assert await clarion.credentials.pause(tenant, special, "InvalidProviderToken")
-    assert (await _loaded(clarion, tenant, "com.example.special")).info.id == default
-    info = await clarion.credentials.get(tenant, "apns", "special")
-    assert (info.status, info.paused_reason) == ("paused", "InvalidProviderToken")
-    assert await clarion.credentials.pause(tenant, default, "Forbidden")
-    assert await clarion.credentials.load(tenant, "apns", "com.example.special") is None
-    await _put(clarion, tenant, "special", app_id="com.example.special")
+    assert await clarion.credentials.pause(tenant, special, "BadCertificate")
+    # The default would push under another topic; the app's deliveries wait for its own.
     assert (await _loaded(clarion, tenant, "com.example.special")).info.id == special
+    assert (await _loaded(clarion, tenant, "com.example.other")).info.id == default
+
+
+async def test_an_active_credential_is_preferred_to_a_paused_one_serving_the_same_app(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    old_default, _ = await _put(clarion, tenant, "old-default")
+    old_special, _ = await _put(clarion, tenant, "old", app_id="com.example.special")
+    new_special, _ = await _put(clarion, tenant, "new", app_id="com.example.special")
+    new_default, _ = await _put(clarion, tenant, "new-default")
+    assert (await _loaded(clarion, tenant, "com.example.special")).info.id == new_special
+    assert (await _loaded(clarion, tenant, None)).info.id == new_default
+    assert await clarion.credentials.pause(tenant, new_special, "Forbidden")
+    assert await clarion.credentials.pause(tenant, new_default, "Forbidden")
+    assert (await _loaded(clarion, tenant, "com.example.special")).info.id == old_special
+    assert (await _loaded(clarion, tenant, None)).info.id == old_default
+
+
+async def test_replacing_a_paused_credential_makes_it_active_again(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    special, _ = await _put(clarion, tenant, "special", app_id="com.example.special")
+    assert await clarion.credentials.pause(tenant, special, "InvalidProviderToken")
+    paused = await _loaded(clarion, tenant, "com.example.special")
+    _, pem = await _put(clarion, tenant, "special", app_id="com.example.special")
+    replaced = await _loaded(clarion, tenant, "com.example.special")
+    assert replaced.info.id == special
+    assert (replaced.info.status, replaced.info.paused_reason) == ("active", None)
+    assert replaced.info.updated_at > paused.info.updated_at
+    assert replaced.secret.strip() == pem.strip()
+
+
+async def test_no_credential_is_loaded_for_another_provider_even_when_paused(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    default, _ = await _put(clarion, tenant, "default")
+    assert await clarion.credentials.pause(tenant, default, "Forbidden")
+    assert await clarion.credentials.load(tenant, "fcm", None) is None
 
 
 async def test_a_credential_is_paused_only_by_its_own_tenant(clarion: bootstrap.Clarion) -> None:

@@ -1,4 +1,5 @@
-"""APNs over HTTP/2: `h2` on asyncio streams, a thin shell over `clarion.wire.apns`.
+"""APNs over HTTP/2: our lean HTTP/2 client (`http2`) on an asyncio protocol, a thin shell over
+`clarion.wire.apns`.
 
 One long-lived TLS connection (ALPN h2) per credential and environment. Streams on it are
 bounded by the server's SETTINGS_MAX_CONCURRENT_STREAMS: one until the first request is
@@ -13,28 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
+import os
+import shutil
 import ssl
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-from hpack import NeverIndexedHeaderTuple
-from hpack.huffman import HuffmanEncoder
-from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
-
+from clarion.adapters.providers import http2
 from clarion.domain import errors
 from clarion.domain.channels import Channel
 from clarion.domain.outcomes import AuthFailed, Outcome, Rejected, RetryLater
-from clarion.domain.records import Claimed, Credential
+from clarion.domain.records import Claimed, Credential, CredentialInfo
 from clarion.wire import apns
 
 log = logging.getLogger(__name__)
@@ -43,75 +42,62 @@ PROVIDER = "apns"
 STREAM_ID_LIMIT = 2**31 - 1 - 10_000
 """Stream ids are never reused; a connection this far along is replaced before they run out."""
 PING_DATA = b"clarion!"
+CLOSE_TIMEOUT = 5.0
+"""How long `Connection.close` waits for TLS to shut down before dropping the socket."""
 _APNS_ID_NAMESPACE = uuid.UUID("6f1c3f4e-2f43-4d44-9a8e-6b3a3c0d9b21")
 
-_H2_CONFIG = h2.config.H2Configuration(
-    client_side=True,
-    header_encoding=None,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    validate_inbound_headers=False,
-)
-"""Headers go out as lowercase UTF-8 bytes built by `wire.apns` (already validated there), with
-`authorization` and `:path` marked never-indexed by us; answers come back as bytes."""
-
-_HUFFMAN_BITS = [
-    format(code, f"0{length}b")
-    for code, length in zip(REQUEST_CODES, REQUEST_CODES_LENGTH, strict=True)
-]
-_MEMO_LIMIT = 256
+_FIELD_CACHE_LIMIT = 512
+"""Encoded header fields kept per never-indexed set: the constant ones (method, scheme,
+authority, provider token, topic, push type, priority) of many credentials and topics."""
+_PER_PUSH = (":path", "apns-id", "apns-expiration", "apns-collapse-id")
+"""Unique per push (device, delivery, time): encoded each time, without Huffman coding (saving
+a few octets is not worth the CPU for a value seen once), rather than cached."""
+_LENGTHS = [http2.encode_integer(n, 7) for n in range(0x7F)]
 
 
-class _HuffmanEncoder(HuffmanEncoder):
-    """HPACK's Huffman code, byte for byte the same as `hpack`'s, built as a bit string (one
-    join, one int conversion) instead of a Python loop of big-int shifts. Recent results are
-    memoised: the provider token (sent never indexed, so a literal on every request) and the
-    constant header values are encoded once."""
+class _Fields:
+    """Pre-encoded header fields for one set of never-indexed names."""
 
-    def __init__(self) -> None:
-        super().__init__(REQUEST_CODES, REQUEST_CODES_LENGTH)
-        self._memo: dict[bytes, bytes] = {}
-
-    def encode(self, bytes_to_encode: bytes | None) -> bytes:
-        if not bytes_to_encode:
-            return b""
-        found = self._memo.get(bytes_to_encode)
-        if found is not None:
-            return found
-        bits = "".join([_HUFFMAN_BITS[byte] for byte in bytes_to_encode])
-        pad = -len(bits) % 8
-        if pad:
-            bits += "1" * pad  # pad to an octet with the EOS prefix
-        encoded = int(bits, 2).to_bytes(len(bits) // 8, "big")
-        if len(self._memo) >= _MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[bytes_to_encode] = encoded
-        return encoded
+    def __init__(self, never_indexed: frozenset[str]) -> None:
+        self.never_indexed = never_indexed
+        self.constant: dict[tuple[str, str], bytes] = {}
+        self.heads = {
+            name: http2.encode_name(name.encode(), never_indexed=name in never_indexed)
+            for name in _PER_PUSH
+        }
 
 
-_Header = tuple[bytes, bytes]
-_HEADER_CACHE: dict[tuple[str, str], _Header] = {}
-_UNCACHED = frozenset({":path", "apns-id"})
-"""Unique per push (device, delivery): encoded each time rather than cached."""
+_FIELDS: dict[frozenset[str], _Fields] = {}
 
 
-def _header_bytes(name: str, value: str, never_indexed: frozenset[str]) -> _Header:
-    """One request header as the bytes tuple `h2` takes, never-indexed ones as
-    `NeverIndexedHeaderTuple`; constant pairs (method, authority, token, topic) are built once."""
-    key = (name, value)
-    found = _HEADER_CACHE.get(key)
-    if found is not None:
-        return found
-    pair: _Header
-    if name in never_indexed:
-        pair = NeverIndexedHeaderTuple(name.encode(), value.encode())
-    else:
-        pair = (name.encode(), value.encode())
-    if name not in _UNCACHED:
-        if len(_HEADER_CACHE) >= _MEMO_LIMIT:
-            _HEADER_CACHE.clear()
-        _HEADER_CACHE[key] = pair
-    return pair
+def header_block(headers: Sequence[tuple[str, str]], never_indexed: frozenset[str]) -> bytes:
+    """The HPACK block of a request, as `http2.encode_field` encodes each field: nothing enters
+    APNs's dynamic table, `never_indexed` names (``authorization``, ``:path``) go as literals
+    never indexed [AP-send], and the fields that repeat are encoded once and cached."""
+    fields = _FIELDS.get(never_indexed)
+    if fields is None:
+        fields = _FIELDS[never_indexed] = _Fields(never_indexed)
+    heads, constant = fields.heads, fields.constant
+    parts: list[bytes] = []
+    for pair in headers:
+        head = heads.get(pair[0])
+        if head is not None:
+            value = pair[1].encode()
+            size = len(value)
+            length = _LENGTHS[size] if size < 0x7F else http2.encode_integer(size, 7)
+            parts.append(head + length + value)
+            continue
+        chunk = constant.get(pair)
+        if chunk is None:
+            name, value_text = pair
+            chunk = http2.encode_field(
+                name.encode(), value_text.encode(), never_indexed=name in never_indexed
+            )
+            if len(constant) >= _FIELD_CACHE_LIMIT:
+                constant.clear()
+            constant[pair] = chunk
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 CredentialLoader = Callable[[str, str, str | None], Awaitable[Credential | None]]
@@ -205,45 +191,38 @@ class Answer:
     body: bytearray = field(default_factory=bytearray)
 
 
-class Connection:
-    """One HTTP/2 connection to APNs, multiplexing requests within the server's stream limit."""
+class Connection(asyncio.Protocol):
+    """One HTTP/2 connection to APNs, multiplexing requests within the server's stream limit.
+
+    It is the asyncio protocol of its TLS socket: what arrives goes straight to the `http2`
+    engine, whose callbacks (`response_received`, `stream_reset`, `goaway_received`, ...)
+    settle the requests' futures; what the engine queues is written once per event-loop turn.
+    """
 
     def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        max_streams: int,
-        ping_interval: float,
-        ping_timeout: float,
-        label: str,
+        self, *, max_streams: int, ping_interval: float, ping_timeout: float, label: str
     ) -> None:
-        self._reader = reader
-        self._writer = writer
         self._max_streams = max_streams
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._label = label
-        self._h2 = h2.connection.H2Connection(_H2_CONFIG)
-        self._h2.encoder.huffman_coder = _HuffmanEncoder()
+        self._loop = asyncio.get_running_loop()
+        self._engine = http2.ClientConnection(self)
+        self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Answer]] = {}
-        self._answers: dict[int, Answer] = {}
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._in_flight = 0
         self._answered = False
         self._draining = False
+        self._paused = False
         self._closed: str | None = None
-        self._wake: asyncio.Event | None = None
         self._flush_soon: asyncio.Handle | None = None
         self._last_activity = time.monotonic()
         self._ping_ack: asyncio.Future[None] | None = None
+        self._gone: asyncio.Future[None] = self._loop.create_future()
+        self._tasks: list[asyncio.Task[None]] = []
         self.peak_streams = 0
         self.goaway_reason: str | None = None
-        self._h2.initiate_connection()
-        self._flush()
-        self._tasks = [
-            asyncio.create_task(self._read()),
-            asyncio.create_task(self._keepalive()),
-        ]
 
     @classmethod
     async def open(
@@ -258,22 +237,114 @@ class Connection:
         label: str,
     ) -> Connection:
         """Connect with TLS and ALPN h2."""
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host
-            )
-        ssl_object = writer.get_extra_info("ssl_object")
-        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
-            writer.close()
-            raise ConnectionError("the server did not agree to HTTP/2 (ALPN h2)")
-        return cls(
-            reader,
-            writer,
+        connection = cls(
             max_streams=max_streams,
             ping_interval=ping_interval,
             ping_timeout=timeout,
             label=label,
         )
+        async with asyncio.timeout(timeout):
+            await connection._loop.create_connection(
+                lambda: connection, host, port, ssl=context, server_hostname=host
+            )
+        if connection._closed is not None:
+            raise ConnectionError(connection._closed)
+        connection._tasks.append(asyncio.create_task(connection._keepalive()))
+        return connection
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = stream = cast("asyncio.Transport", transport)  # a stream transport
+        ssl_object = stream.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            self._closed = "the server did not agree to HTTP/2 (ALPN h2)"
+            stream.close()
+            return
+        self._engine.initiate()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = time.monotonic()
+        try:
+            self._engine.receive(data)
+        except http2.ProtocolError as exc:
+            self._flush()  # the GOAWAY saying why
+            self._lost(f"HTTP/2 protocol error: {exc}")
+            return
+        if self._engine.has_output:
+            self._flush()  # acknowledgements and window updates go at once
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.goaway_reason is not None:
+            reason = f"GOAWAY {self.goaway_reason}"
+        elif exc is None:
+            reason = "APNs closed the connection"
+        else:
+            reason = f"connection error: {exc.__class__.__name__}"
+        self._lost(reason)
+        if not self._gone.done():
+            self._gone.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True  # the socket's buffer is full: no new stream until it drains
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    # -- http2.Listener ------------------------------------------------------------------------
+
+    def response_received(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        self._answered = True
+        future = self._pending.pop(stream_id, None)
+        if future is not None and not future.done():
+            status = 0
+            decoded: list[tuple[str, str]] = []
+            for name, value in headers:
+                text = value.decode("utf-8", "replace")
+                if name == b":status":
+                    status = int(text) if text.isdigit() else 0
+                decoded.append((name.decode("utf-8", "replace"), text))
+            future.set_result(Answer(status, decoded, bytearray(body)))
+        if self._waiters:
+            self._wake()  # the first answer raises the limit from 1
+
+    def stream_reset(self, stream_id: int, error_code: int) -> None:
+        future = self._pending.pop(stream_id, None)
+        if future is not None and not future.done():
+            # REFUSED_STREAM: APNs did not process it, it may go again (RFC 9113 §8.7).
+            started = error_code != http2.ErrorCode.REFUSED_STREAM
+            reason = f"stream reset ({http2.error_name(error_code)})"
+            future.set_exception(ConnectionLost(reason, started=started))
+
+    def goaway_received(self, last_stream_id: int, error_code: int, debug_data: bytes) -> None:
+        self.goaway_reason = apns.parse_goaway_reason(debug_data) or (
+            f"error code {http2.error_name(error_code)}"
+        )
+        log.warning(
+            "APNs sent GOAWAY",
+            extra={"connection": self._label, "reason": self.goaway_reason},
+        )
+        self._draining = True
+        for stream_id in [s for s in self._pending if s > last_stream_id]:
+            future = self._pending.pop(stream_id)
+            if not future.done():
+                reason = f"GOAWAY {self.goaway_reason}"
+                future.set_exception(ConnectionLost(reason, started=False))
+        self._wake()
+
+    def settings_changed(self) -> None:
+        if self._waiters:
+            self._wake()  # the stream limit may have grown
+
+    def ping_acked(self, data: bytes) -> None:
+        if self._ping_ack is not None and not self._ping_ack.done():
+            self._ping_ack.set_result(None)
+
+    # -- requests ------------------------------------------------------------------------------
 
     @property
     def usable(self) -> bool:
@@ -281,7 +352,7 @@ class Connection:
         return (
             self._closed is None
             and not self._draining
-            and self._h2.highest_outbound_stream_id < STREAM_ID_LIMIT
+            and self._engine.next_stream_id < STREAM_ID_LIMIT
         )
 
     @property
@@ -294,12 +365,12 @@ class Connection:
         (capped by ours)."""
         if not self._answered:
             return 1
-        return min(self._max_streams, self._h2.remote_settings.max_concurrent_streams)
+        return min(self._max_streams, self._engine.max_outbound_streams)
 
     def retire(self) -> None:
         """Take no new requests; close once the ones in flight are answered."""
         self._draining = True
-        self._notify()
+        self._wake()
         if self._in_flight == 0:
             self.close_now()
 
@@ -309,40 +380,42 @@ class Connection:
         Raises:
             ConnectionLost: the connection went away (or was retired) before an answer.
         """
-        await self._acquire()
-        stream_id: int | None = None
-        answered = False
+        if (
+            self._in_flight < self.limit()
+            and not self._waiters
+            and not self._paused
+            and self._closed is None
+            and not self._draining
+        ):
+            self._in_flight += 1
+        else:
+            await self._acquire()
+        stream_id = 0
         try:
             if not self.usable:
                 raise ConnectionLost(self._closed or "the connection is retiring", started=False)
-            stream_id = self._h2.get_next_available_stream_id()
-            never_indexed = request.never_indexed
-            headers = [_header_bytes(name, value, never_indexed) for name, value in request.headers]
-            future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-            self._pending[stream_id] = future
+            block = header_block(request.headers, request.never_indexed)
             try:
-                self._h2.send_headers(stream_id, headers, end_stream=not request.body)
-            except h2.exceptions.ProtocolError as exc:
-                raise ConnectionLost(f"h2 refused the stream: {exc}", started=False) from exc
+                stream_id = self._engine.request(block, request.body)
+            except http2.CannotStart as exc:
+                raise ConnectionLost(str(exc), started=False) from exc
+            future: asyncio.Future[Answer] = self._loop.create_future()
+            self._pending[stream_id] = future
             if self._in_flight > self.peak_streams:
                 self.peak_streams = self._in_flight
-            if request.body:
-                await self._send_body(stream_id, request.body)
-            self._schedule_flush()
-            answer = await future
-            answered = True
-            return answer
+            if self._flush_soon is None:
+                # The requests started in this event-loop turn share one TLS write.
+                self._flush_soon = self._loop.call_soon(self._flush)
+            return await future
         finally:
-            if stream_id is not None:
-                self._pending.pop(stream_id, None)
-                self._answers.pop(stream_id, None)
-                if not answered and self._closed is None:
-                    with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
-                        self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-                        self._flush()
+            unanswered = stream_id and self._pending.pop(stream_id, None) is not None
+            if unanswered and self._closed is None:  # cancelled or timed out: tell APNs
+                self._engine.reset(stream_id)
+                self._schedule_flush()
             self._in_flight -= 1
             self._last_activity = time.monotonic()
-            self._notify()
+            if self._waiters:
+                self._wake()
             if self._draining and self._in_flight == 0:
                 self.close_now()
 
@@ -350,128 +423,46 @@ class Connection:
         while True:
             if self._closed is not None or self._draining:
                 raise ConnectionLost(self._closed or "the connection is retiring", started=False)
-            if self._in_flight < self.limit():
+            if self._in_flight < self.limit() and not self._paused:
                 self._in_flight += 1
                 return
-            await self._wait()
-
-    async def _send_body(self, stream_id: int, body: bytes) -> None:
-        offset = 0
-        while offset < len(body):
-            if self._closed is not None:
-                raise ConnectionLost(self._closed, started=True)
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._waiters.append(waiter)
             try:
-                window = self._h2.local_flow_control_window(stream_id)
-            except h2.exceptions.StreamClosedError as exc:
-                raise ConnectionLost("the stream was closed", started=True) from exc
-            size = min(window, self._h2.max_outbound_frame_size, len(body) - offset)
-            if size <= 0:
-                self._schedule_flush()  # what is queued goes out while we wait
-                await self._wait()  # a WINDOW_UPDATE wakes us
-                continue
-            chunk = body if size == len(body) else body[offset : offset + size]
-            offset += size
-            self._h2.send_data(stream_id, chunk, end_stream=offset == len(body))
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, but leaving: the turn passes on
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                raise
 
-    async def _wait(self) -> None:
-        """Until the next `_notify` (an answer, a setting or window change, a loss)."""
-        wake = self._wake
-        if wake is None:
-            wake = self._wake = asyncio.Event()
-        await wake.wait()
-
-    def _notify(self) -> None:
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            wake.set()
+    def _wake(self) -> None:
+        """Wake as many waiting requests as may start now (all of them once closing)."""
+        waiters = self._waiters
+        if self._closed is not None or self._draining:
+            free = len(waiters)
+        elif self._paused:
+            return
+        else:
+            free = self.limit() - self._in_flight
+        while free > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
 
     def _schedule_flush(self) -> None:
-        """Write what `h2` has queued once this event-loop turn is over: the requests started
-        in one turn share one TLS write."""
         if self._flush_soon is None:
-            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_soon = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_soon = None
-        data = self._h2.data_to_send()
-        if data and not self._writer.is_closing():
-            self._writer.write(data)
-
-    async def _read(self) -> None:
-        reason = "APNs closed the connection"
-        try:
-            while data := await self._reader.read(65536):
-                self._last_activity = time.monotonic()
-                try:
-                    events = self._h2.receive_data(data)
-                except h2.exceptions.ProtocolError as exc:
-                    self._flush()
-                    reason = f"HTTP/2 protocol error: {exc}"
-                    break
-                for event in events:
-                    self._on(event)
-                self._flush()
-        except (OSError, ssl.SSLError) as exc:
-            reason = f"connection error: {exc.__class__.__name__}"
-        finally:
-            if self.goaway_reason is not None:
-                reason = f"GOAWAY {self.goaway_reason}"
-            self._lost(reason)
-
-    def _on(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived) and event.stream_id is not None:
-            status = 0
-            headers: list[tuple[str, str]] = []
-            for name, value in event.headers or []:
-                text = bytes(value).decode("utf-8", "replace")
-                if name == b":status":
-                    status = int(text) if text.isdigit() else 0
-                headers.append((bytes(name).decode("utf-8", "replace"), text))
-            self._answers[event.stream_id] = Answer(status, headers)
-        elif isinstance(event, h2.events.DataReceived) and event.stream_id is not None:
-            answer = self._answers.get(event.stream_id)
-            if answer is not None:
-                answer.body.extend(event.data or b"")
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.acknowledge_received_data(
-                    event.flow_controlled_length or 0, event.stream_id
-                )
-        elif isinstance(event, h2.events.StreamEnded) and event.stream_id is not None:
-            answer = self._answers.pop(event.stream_id, None) or Answer()
-            self._answered = True
-            future = self._pending.get(event.stream_id)
-            if future is not None and not future.done():
-                future.set_result(answer)
-            self._notify()
-        elif isinstance(event, h2.events.StreamReset) and event.stream_id is not None:
-            future = self._pending.get(event.stream_id)
-            if future is not None and not future.done():
-                future.set_exception(
-                    ConnectionLost(f"stream reset ({event.error_code!s})", started=True)
-                )
-            self._notify()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway_reason = apns.parse_goaway_reason(event.additional_data or b"") or (
-                f"error code {event.error_code!s}"
-            )
-            log.warning(
-                "APNs sent GOAWAY",
-                extra={"connection": self._label, "reason": self.goaway_reason},
-            )
-            self._draining = True
-            last = event.last_stream_id or 0
-            for stream_id, future in self._pending.items():
-                if stream_id > last and not future.done():
-                    future.set_exception(
-                        ConnectionLost(f"GOAWAY {self.goaway_reason}", started=False)
-                    )
-            self._notify()
-        elif isinstance(event, h2.events.PingAckReceived):
-            if self._ping_ack is not None and not self._ping_ack.done():
-                self._ping_ack.set_result(None)
-        elif isinstance(event, h2.events.RemoteSettingsChanged | h2.events.WindowUpdated):
-            self._notify()  # the stream limit or a flow-control window moved
+        data = self._engine.data_to_send()
+        transport = self._transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
 
     async def _keepalive(self) -> None:
         # Apple: PING a connection that has been idle; a dead one is found before a push needs it.
@@ -480,44 +471,51 @@ class Connection:
             idle_for = time.monotonic() - self._last_activity
             if self._closed is not None or self._in_flight or idle_for < self._ping_interval:
                 continue
-            self._ping_ack = asyncio.get_running_loop().create_future()
+            self._ping_ack = self._loop.create_future()
+            self._engine.ping(PING_DATA)
+            self._flush()
             try:
-                self._h2.ping(PING_DATA)
-                self._flush()
                 async with asyncio.timeout(self._ping_timeout):
                     await self._ping_ack
-            except (TimeoutError, h2.exceptions.ProtocolError):
+            except TimeoutError:
                 self._lost("no answer to PING")
                 return
 
     def _lost(self, reason: str) -> None:
         if self._closed is None:
             self._closed = reason
-        for future in self._pending.values():
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost(reason, started=True))
-        self._notify()
-        self._writer.close()
+        if self._ping_ack is not None and not self._ping_ack.done():
+            self._ping_ack.set_result(None)  # the keep-alive loop sees the close and ends
+        self._wake()
+        if self._transport is not None:
+            self._transport.close()
 
     def close_now(self) -> None:
         """Say GOAWAY and close; requests in flight end as `ConnectionLost`."""
         if self._closed is None:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.close_connection()
-                self._flush()
+            self._engine.close()
+            self._flush()
         self._lost("closed by Clarion")
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
 
     async def close(self) -> None:
-        """`close_now`, and wait for the background tasks to end."""
+        """`close_now`, and wait for the background task and the socket to end."""
         self.close_now()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self._writer.wait_closed()
+        if self._transport is not None and not self._gone.done():
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.shield(self._gone)
+            except TimeoutError:
+                self._transport.abort()
 
 
 class Endpoint:
@@ -586,7 +584,8 @@ class Endpoint:
 
 
 class ApnsTransport:
-    """The `Transport` for `Channel.APNS`: token-authenticated pushes over HTTP/2."""
+    """The `Transport` for `Channel.APNS`: token- or certificate-authenticated pushes over
+    HTTP/2; nothing is sent on a paused credential."""
 
     channel = Channel.APNS
 
@@ -642,6 +641,12 @@ class ApnsTransport:
                 for i in indexes:
                     results[i] = Rejected("no APNs credential for this app")
                 return
+            if credential.info.status != ACTIVE:
+                # Paused after APNs refused it: no request until the tenant replaces it.
+                held = paused(credential.info)
+                for i in indexes:
+                    results[i] = held
+                return
             sent = await asyncio.gather(*(self._send_one(credential, batch[i]) for i in indexes))
             for i, outcome in zip(indexes, sent, strict=True):
                 results[i] = outcome
@@ -650,26 +655,42 @@ class ApnsTransport:
         return results
 
     async def _send_one(self, credential: Credential, claimed: Claimed) -> Outcome:
-        meta = credential.info.metadata
-        if meta.get("auth") != "token":
-            return Rejected("APNs certificate credentials are not supported by this transport yet")
+        info = credential.info
+        meta = info.metadata
+        auth = meta.get("auth")
+        if auth not in ("token", "certificate"):
+            return AuthFailed(f"the APNs credential is unusable: unknown auth {auth!r}", info.id)
         if not claimed.address:
             return Rejected("the device has no APNs token")
         key_id, team_id = str(meta.get("key_id")), str(meta.get("team_id"))
+        token: str | None = None
         try:
-            environment = apns.Environment(credential.info.environment or "production")
-            token = self._tokens.token(credential.secret, key_id, team_id)
+            environment = apns.Environment(info.environment or "production")
+            if auth == "token":
+                token = self._tokens.token(credential.secret, key_id, team_id)
         except (ValueError, errors.InvalidRequest) as exc:
-            return AuthFailed(f"the APNs credential is unusable: {exc}")
+            return AuthFailed(f"the APNs credential is unusable: {exc}", info.id)
+        if auth == "certificate":
+            expired = certificate_expired(meta, _utcnow())
+            if expired is not None:
+                return AuthFailed(expired, info.id)
         try:
             request = apns.build_request(
                 notification_for(claimed, str(meta.get("topic"))),
                 environment=environment,
-                authorization=token,
+                authorization=token,  # None: the TLS client certificate authenticates
             )
         except errors.InvalidRequest as exc:
             return Rejected(exc.message)
-        endpoint = self._endpoint(credential, environment)
+        try:
+            endpoint = self._endpoint(credential, environment)
+        except (ssl.SSLError, ValueError) as exc:
+            # The vault checked the pair when it was stored; one that no longer loads is the
+            # credential's fault (no PEM text in the reason: it is stored and logged).
+            reason = getattr(exc, "reason", None) or exc.__class__.__name__
+            return AuthFailed(f"the APNs certificate does not load: {reason}", info.id)
+        except OSError as exc:  # the private temporary file could not be written
+            return RetryLater(f"the APNs certificate could not be loaded: {exc.strerror}")
         answer: Answer | None = None
         connection: Connection | None = None
         last = "the connection was retiring"
@@ -696,17 +717,30 @@ class ApnsTransport:
         )
         if answer.status != 200:
             reason = apns.parse_reason(body)
-            if reason in apns.RENEW_TOKEN_REASONS:
+            if token is not None and reason in apns.RENEW_TOKEN_REASONS:
                 self._tokens.expired(credential.secret, key_id, team_id, token)
             if reason in apns.RECONNECT_REASONS:
                 connection.retire()
+        if isinstance(outcome, AuthFailed):
+            # `wire` does not know which credential was refused; the delivering side pauses it.
+            return dataclasses.replace(outcome, credential_id=info.id)
         return outcome
 
     def _endpoint(self, credential: Credential, environment: apns.Environment) -> Endpoint:
+        """The endpoint of this version of the credential (a certificate credential gets its
+        own TLS context, presenting its certificate).
+
+        Raises:
+            ssl.SSLError, ValueError: a certificate credential's PEM does not load.
+            OSError: its private temporary file could not be written.
+        """
         info = credential.info
         key = (info.id, info.updated_at, str(environment))
         endpoint = self._endpoints.get(key)
         if endpoint is None:
+            context = self._context
+            if info.metadata.get("auth") == "certificate":
+                context = certificate_context(self._context, credential.secret)
             # A replaced credential (newer updated_at) gets a fresh connection; the old one goes.
             for stale in [k for k in self._endpoints if k[0] == info.id and k[2] == key[2]]:
                 old = self._endpoints.pop(stale)
@@ -719,7 +753,7 @@ class ApnsTransport:
                 return await Connection.open(
                     host,
                     self._port,
-                    self._context,
+                    context,
                     timeout=self._connect_timeout,
                     max_streams=self._max_streams,
                     ping_interval=self._ping_interval,
@@ -737,3 +771,75 @@ class ApnsTransport:
         endpoints, self._endpoints = list(self._endpoints.values()), {}
         for endpoint in endpoints:
             await endpoint.close()
+
+
+# --- credentials: paused ones, certificates ------------------------------------------------------
+
+ACTIVE = "active"
+"""The stored status of a credential in use; any other (``paused``) sends nothing."""
+PAUSED_RETRY_SECONDS = 300.0
+"""How long a paused credential's deliveries wait between looks. Only the tenant's fix (a new
+key or certificate) un-pauses it: five minutes picks that up soon after, at one credential read
+per look, without APNs ever seeing the refused credential again."""
+
+
+def paused(info: CredentialInfo) -> RetryLater:
+    """The outcome of every push on a paused credential: wait, sending nothing."""
+    why = info.paused_reason or "no reason recorded"
+    return RetryLater(f"the APNs credential is paused: {why}", PAUSED_RETRY_SECONDS)
+
+
+def certificate_expired(metadata: Mapping[str, Any], now: datetime) -> str | None:
+    """Why a certificate credential cannot authenticate any more (it expired, per the expiry
+    the vault recorded), or None. APNs refuses an expired certificate (BadCertificate, or a
+    TLS ``certificate_expired`` alert): no use connecting."""
+    raw = metadata.get("certificate_expires_at")
+    if not isinstance(raw, str):
+        return None
+    try:
+        expires = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    if expires > now:
+        return None
+    return f"BadCertificate: the certificate expired at {expires.isoformat()}; upload a renewed one"
+
+
+def certificate_context(base: ssl.SSLContext, chain_pem: str) -> ssl.SSLContext:
+    """A TLS client context for one certificate credential: it trusts the server certificates
+    `base` trusts (its loaded CAs, else the system's), verifies them as `base` does, offers
+    ALPN h2, and presents the credential's certificate. `chain_pem` is the stored secret: the
+    certificate (and any intermediates), then its private key.
+
+    Raises:
+        ssl.SSLError: the PEM is not a certificate with its matching private key.
+        OSError: the private temporary file could not be written.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = base.minimum_version
+    context.maximum_version = base.maximum_version
+    context.options = base.options
+    context.verify_flags = base.verify_flags
+    context.check_hostname = base.check_hostname
+    context.verify_mode = base.verify_mode
+    anchors = base.get_ca_certs(binary_form=True)
+    if anchors:
+        context.load_verify_locations(cadata=b"".join(anchors))
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    context.set_alpn_protocols(["h2"])
+    # Python's ssl loads a certificate and key only from files: the secret is written to a
+    # fresh private directory (mkdtemp: 0700) as a 0600 file, loaded, and both are deleted
+    # whatever happens. It exists on disk only for the duration of `load_cert_chain`.
+    directory = tempfile.mkdtemp(prefix="clarion-apns-")
+    try:
+        path = os.path.join(directory, "credential.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(chain_pem)
+        context.load_cert_chain(path)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return context

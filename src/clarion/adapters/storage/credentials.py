@@ -154,12 +154,16 @@ class SqlCredentials:
                     .where(
                         credentials.c.tenant_id == tenant_id,
                         credentials.c.provider == provider,
-                        credentials.c.status == ACTIVE,
                         serves,
                     )
-                    # The app's own credential before the default; then the newest.
+                    # The app's own credential before the default, even a paused one: the
+                    # default pushes under another topic, and the transport holds a paused
+                    # credential's deliveries (RetryLater) until it is replaced instead of
+                    # sending them where they would be refused. Then active before paused,
+                    # then the newest.
                     .order_by(
                         credentials.c.app_id.is_(None),
+                        credentials.c.status != ACTIVE,
                         credentials.c.updated_at.desc(),
                         credentials.c.id,
                     )
