@@ -1,0 +1,487 @@
+"""A local SendGrid v3 Mail Send: ``POST /v3/mail/send`` over HTTPS.
+
+It takes ``Authorization: Bearer <key>`` for registered keys (401 otherwise; 403 for a sender
+that is not verified when any are), validates the body as SendGrid documents (personalizations
+with 1 to 1000 recipients in all, each address once, ``from``, a subject, ``content`` with
+``text/plain`` before ``text/html``, headers, custom args, categories), answers ``202`` with an
+empty body and ``X-Message-Id``, errors as ``{"errors": [{"message", "field", "help"}]}``, and
+``429`` with ``X-RateLimit-Limit``/``-Remaining``/``-Reset`` above a configured rate. Written
+from protocols.md §5.2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from clarion.emulators.apns import self_signed_certificate
+from clarion.emulators.http1 import (
+    ControlError,
+    HttpServer,
+    Request,
+    Response,
+    json_body,
+    server_context,
+)
+
+Clock = Callable[[], float]
+
+
+def system_clock() -> float:
+    return time.time()  # noqa: TID251 - the emulator's own wall clock; tests inject theirs
+
+
+PATH = "/v3/mail/send"
+MAX_BODY_BYTES = 30 * 1024 * 1024
+MAX_PERSONALIZATIONS = 1000
+MAX_RECIPIENTS = 1000
+MAX_CATEGORIES = 10
+EMAIL = re.compile(r"^[^@\s<>]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
+RESERVED_HEADERS = {
+    "x-sg-id",
+    "x-sg-eid",
+    "received",
+    "dkim-signature",
+    "content-type",
+    "content-transfer-encoding",
+    "to",
+    "from",
+    "subject",
+    "reply-to",
+    "cc",
+    "bcc",
+}
+
+
+@dataclass
+class ScriptedError:
+    status: int
+    message: str
+    field: str | None = None
+    recipient: str | None = None
+    remaining: int | None = None
+    id: int = 0
+
+
+class Problem(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+class SendGridEmulator:
+    """Run with ``await start()`` / ``await stop()`` (or ``run(stop)``).
+
+    Args:
+        rate_limit: requests per `rate_window` seconds before 429; None: unlimited.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        control_port: int = 0,
+        tls: bool = True,
+        rate_limit: int | None = None,
+        rate_window: float = 1.0,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        clock: Clock = system_clock,
+    ) -> None:
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        self.host = host
+        self.tls = tls
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
+        self.latency_ms = 0.0
+        self.sent: list[dict[str, Any]] = []
+        self.attempts: list[dict[str, Any]] = []
+        self._clock = clock
+        self._keys: set[str] = set()
+        self._senders: set[str] = set()
+        self._errors: list[ScriptedError] = []
+        self._window: tuple[float, int] = (0.0, 0)
+        self._ids = itertools.count(1)
+        self._certificate_pem: bytes | None = None
+        context = None
+        if tls:
+            if cert_file is not None and key_file is not None:
+                certificate, key = cert_file.read_bytes(), key_file.read_bytes()
+            else:
+                certificate, key = self_signed_certificate(host)
+            self._certificate_pem = certificate
+            context = server_context(certificate, key)
+        self._server = HttpServer(self._serve, host=host, port=port, ssl_context=context)
+        self._control = HttpServer(self._serve_control, host=host, port=control_port)
+
+    async def start(self) -> None:
+        await self._server.start()
+        await self._control.start()
+
+    async def stop(self) -> None:
+        await self._server.stop()
+        await self._control.stop()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def control_port(self) -> int:
+        return self._control.port
+
+    @property
+    def certificate_pem(self) -> bytes | None:
+        return self._certificate_pem
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}{PATH}"
+
+    # -- programmatic control --------------------------------------------------------------------
+
+    def add_key(self, api_key: str) -> None:
+        self._keys.add(api_key)
+
+    def verify_sender(self, address: str) -> None:
+        """Allow this sender; with none verified, any sender goes."""
+        self._senders.add(address.lower())
+
+    def script(
+        self,
+        status: int,
+        message: str = "scripted",
+        *,
+        field: str | None = None,
+        recipient: str | None = None,
+        count: int | None = None,
+    ) -> ScriptedError:
+        error = ScriptedError(
+            status,
+            message,
+            field,
+            recipient.lower() if recipient else None,
+            count,
+            next(self._ids),
+        )
+        self._errors.append(error)
+        return error
+
+    def reset(self) -> None:
+        self.sent.clear()
+        self.attempts.clear()
+        self._errors.clear()
+        self._window = (0.0, 0)
+        self.latency_ms = 0.0
+
+    # -- the service -----------------------------------------------------------------------------
+
+    async def _serve(self, request: Request) -> Response:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000)
+        now = self._clock()
+        headers = self._rate_headers(now)
+        try:
+            response = self._send(request, now, headers)
+        except Problem as problem:
+            response = Response.of_json(
+                problem.status,
+                {"errors": [{"message": problem.message, "field": problem.field, "help": None}]},
+                headers,
+            )
+        self.attempts.append({"status": response.status, "time": now})
+        return response
+
+    def _rate_headers(self, now: float) -> list[tuple[str, str]]:
+        if self.rate_limit is None:
+            return []
+        start, used = self._window
+        if now >= start + self.rate_window:
+            start, used = now, 0
+        used += 1
+        self._window = (start, used)
+        reset = math.ceil(start + self.rate_window)
+        return [
+            ("x-ratelimit-limit", str(self.rate_limit)),
+            ("x-ratelimit-remaining", str(max(self.rate_limit - used, 0))),
+            ("x-ratelimit-reset", str(reset)),
+        ]
+
+    def _send(self, request: Request, now: float, headers: list[tuple[str, str]]) -> Response:
+        if request.path != PATH:
+            raise Problem(404, f"no route {request.path}")
+        if request.method != "POST":
+            raise Problem(405, "mail/send takes POST")
+        scheme, _, key = (request.header("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or key not in self._keys:
+            raise Problem(401, "The provided authorization grant is invalid, expired, or revoked")
+        if self.rate_limit is not None and self._window[1] > self.rate_limit:
+            raise Problem(429, "too many requests")
+        if request.size > MAX_BODY_BYTES:
+            raise Problem(413, "The JSON payload you have included in your request is too large.")
+        body = self._validate(request)
+        recipients = [
+            r["email"].lower()
+            for p in body["personalizations"]
+            for kind in ("to", "cc", "bcc")
+            for r in p.get(kind, [])
+        ]
+        scripted = self._scripted(recipients)
+        if scripted is not None:
+            raise Problem(scripted.status, scripted.message, scripted.field)
+        message_id = secrets.token_urlsafe(16)
+        self.sent.append({"message_id": message_id, "body": body, "time": now})
+        return Response(202, [("x-message-id", message_id), *headers])
+
+    def _validate(self, request: Request) -> dict[str, Any]:
+        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise Problem(400, "Content-Type should be application/json.")
+        try:
+            body = json_body(request)
+        except ControlError:
+            raise Problem(400, "Bad Request", None) from None
+        personalizations = body.get("personalizations")
+        if not isinstance(personalizations, list) or not personalizations:
+            raise Problem(
+                400,
+                "The personalizations field is required and must have at least one "
+                "personalization.",
+                "personalizations",
+            )
+        if len(personalizations) > MAX_PERSONALIZATIONS:
+            raise Problem(
+                400,
+                "You may not have more than 1000 personalizations per API request.",
+                "personalizations",
+            )
+        total = 0
+        for i, p in enumerate(personalizations):
+            if not isinstance(p, dict):
+                raise Problem(400, "a personalization is an object", f"personalizations.{i}")
+            seen: set[str] = set()
+            for kind in ("to", "cc", "bcc"):
+                people = p.get(kind, [])
+                if not isinstance(people, list):
+                    raise Problem(400, f"{kind} is an array", f"personalizations.{i}.{kind}")
+                for j, person in enumerate(people):
+                    self._check_email(person, f"personalizations.{i}.{kind}.{j}.email")
+                    address = person["email"].lower()
+                    if address in seen:
+                        raise Problem(
+                            400,
+                            "Each email address in the personalization block should be unique "
+                            "between to, cc, and bcc.",
+                            f"personalizations.{i}.{kind}",
+                        )
+                    seen.add(address)
+                    total += 1
+            if not p.get("to"):
+                raise Problem(
+                    400,
+                    "The to array is required for all personalization objects, and must have "
+                    "at least one email object with a valid email address.",
+                    f"personalizations.{i}.to",
+                )
+            self._check_strings(p.get("custom_args"), f"personalizations.{i}.custom_args")
+            self._check_headers(p.get("headers"), f"personalizations.{i}.headers")
+        if total > MAX_RECIPIENTS:
+            raise Problem(400, "Too many recipients: at most 1000 in all.", "personalizations")
+        self._check_email(body.get("from"), "from.email")
+        sender = body["from"]["email"].lower()
+        if self._senders and sender not in self._senders:
+            raise Problem(
+                403,
+                "The from address does not match a verified Sender Identity. Mail cannot be "
+                "sent until this error is resolved.",
+                "from",
+            )
+        if "reply_to" in body:
+            self._check_email(body["reply_to"], "reply_to.email")
+        subjects = [p.get("subject") for p in personalizations]
+        if (
+            not isinstance(body.get("subject"), str)
+            and not all(isinstance(s, str) and s for s in subjects)
+            and body.get("template_id") is None
+        ):
+            raise Problem(
+                400,
+                "The subject is required. You can get around this requirement if you use a "
+                "template with a subject defined or if every personalization has a subject "
+                "defined.",
+                "subject",
+            )
+        content = body.get("content")
+        if body.get("template_id") is None:
+            if not isinstance(content, list) or not content:
+                raise Problem(
+                    400,
+                    "Unless a valid template_id is provided, the content parameter is required.",
+                    "content",
+                )
+            types: list[str] = []
+            for i, part in enumerate(content):
+                if (
+                    not isinstance(part, dict)
+                    or not isinstance(part.get("type"), str)
+                    or not isinstance(part.get("value"), str)
+                    or not part["value"]
+                ):
+                    raise Problem(400, "content needs type and a non-empty value", f"content.{i}")
+                types.append(part["type"].lower())
+            if "text/plain" in types and types[0] != "text/plain":
+                raise Problem(
+                    400,
+                    "If present, text/plain content must be first, followed by text/html.",
+                    "content",
+                )
+        self._check_headers(body.get("headers"), "headers")
+        self._check_strings(body.get("custom_args"), "custom_args")
+        categories = body.get("categories", [])
+        if (
+            not isinstance(categories, list)
+            or len(categories) > MAX_CATEGORIES
+            or not all(isinstance(c, str) and 0 < len(c) <= 255 for c in categories)
+        ):
+            raise Problem(
+                400, "categories: at most 10 strings of 1 to 255 characters", "categories"
+            )
+        return body
+
+    def _check_email(self, value: Any, field: str) -> None:
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("email"), str)
+            or not EMAIL.match(value["email"])
+        ):
+            raise Problem(
+                400,
+                "Does not contain a valid address.",
+                field,
+            )
+
+    def _check_strings(self, value: Any, field: str) -> None:
+        if value is None:
+            return
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise Problem(400, "Values must be strings.", field)
+
+    def _check_headers(self, value: Any, field: str) -> None:
+        self._check_strings(value, field)
+        for name, header in (value or {}).items():
+            if name.lower() in RESERVED_HEADERS:
+                raise Problem(400, f"The header {name} is reserved.", field)
+            if "\r" in header or "\n" in header or "\r" in name or "\n" in name:
+                raise Problem(400, "Header values must not hold line breaks.", field)
+
+    def _scripted(self, recipients: list[str]) -> ScriptedError | None:
+        self._errors = [e for e in self._errors if e.remaining is None or e.remaining > 0]
+        wanted = set(recipients)
+        candidates = [e for e in self._errors if e.recipient in wanted] or [
+            e for e in self._errors if e.recipient is None
+        ]
+        if not candidates:
+            return None
+        error = candidates[-1]
+        if error.remaining is not None:
+            error.remaining -= 1
+        return error
+
+    # -- the control API -------------------------------------------------------------------------
+
+    async def _serve_control(self, request: Request) -> Response:
+        try:
+            status, answer = self._control_route(request)
+        except ControlError as exc:
+            status, answer = exc.status, {"error": exc.message}
+        return Response.of_json(status, answer)
+
+    def _control_route(self, request: Request) -> tuple[int, Any]:
+        route = (request.method, request.path)
+        if route == ("POST", "/control/keys"):
+            key = json_body(request).get("api_key")
+            if not isinstance(key, str) or not key:
+                raise ControlError(400, "need api_key")
+            self.add_key(key)
+            return 201, {"added": True}
+        if route == ("POST", "/control/senders"):
+            address = json_body(request).get("email")
+            if not isinstance(address, str) or not address:
+                raise ControlError(400, "need email")
+            self.verify_sender(address)
+            return 201, {"email": address}
+        if route == ("GET", "/control/sent"):
+            return 200, self.sent
+        if route == ("DELETE", "/control/sent"):
+            cleared = len(self.sent)
+            self.sent.clear()
+            return 200, {"cleared": cleared}
+        if route == ("GET", "/control/attempts"):
+            return 200, self.attempts
+        if route == ("POST", "/control/errors"):
+            given = json_body(request)
+            status, message = given.get("status"), given.get("message", "scripted")
+            field, recipient, count = given.get("field"), given.get("recipient"), given.get("count")
+            if not isinstance(status, int) or not 400 <= status <= 599:
+                raise ControlError(400, "status is 400-599")
+            if not isinstance(message, str):
+                raise ControlError(400, "message is a string")
+            if count is not None and (not isinstance(count, int) or count < 1):
+                raise ControlError(400, "count is a positive integer")
+            return 201, asdict(
+                self.script(
+                    status,
+                    message,
+                    field=field if isinstance(field, str) else None,
+                    recipient=recipient if isinstance(recipient, str) else None,
+                    count=count,
+                )
+            )
+        if route == ("GET", "/control/errors"):
+            return 200, [asdict(e) for e in self._errors]
+        if route == ("DELETE", "/control/errors"):
+            cleared = len(self._errors)
+            self._errors.clear()
+            return 200, {"cleared": cleared}
+        if route == ("POST", "/control/rate"):
+            given = json_body(request)
+            limit, window = given.get("limit"), given.get("window", 1.0)
+            if limit is not None and (not isinstance(limit, int) or limit < 1):
+                raise ControlError(400, "limit is a positive integer or null")
+            if not isinstance(window, int | float) or window <= 0:
+                raise ControlError(400, "window is a positive number of seconds")
+            self.rate_limit, self.rate_window = limit, float(window)
+            self._window = (0.0, 0)
+            return 200, {"limit": limit, "window": self.rate_window}
+        if route == ("POST", "/control/latency"):
+            ms = json_body(request).get("ms")
+            if not isinstance(ms, int | float) or isinstance(ms, bool) or ms < 0:
+                raise ControlError(400, "ms is a number of milliseconds >= 0")
+            self.latency_ms = float(ms)
+            return 200, {"ms": self.latency_ms}
+        if route == ("POST", "/control/reset"):
+            self.reset()
+            return 200, {"reset": True}
+        raise ControlError(404, f"no route {request.method} {request.path}")
