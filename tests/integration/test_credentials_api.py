@@ -3,7 +3,9 @@ and each tenant's own."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 from typing import Any
 
 import httpx
@@ -201,3 +203,221 @@ async def test_another_tenants_credentials_are_not_found(sqlite_server: Running)
         loaded = await sqlite_server.clarion.credentials.load(victim.id, "apns", None)
         assert loaded is not None
         assert loaded.secret.strip() == pem.strip()
+
+
+# --- Web Push (VAPID) and WNS ------------------------------------------------------------------
+
+WEBPUSH = "/v1/credentials/webpush/site"
+WNS = "/v1/credentials/wns/app"
+SID = "ms-app://s-1-15-2-2972962901-2322836549-3722629029-1345238579"
+
+
+def _b64url_point(key: ec.EllipticCurvePrivateKey) -> str:
+    raw = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def test_a_vapid_key_pair_is_generated_and_only_its_public_key_shown(
+    server: Running, tenant: Tenant
+) -> None:
+    created = await tenant.http.put(WEBPUSH, json={"subject": "mailto:ops@example.com"})
+    assert created.status_code == 201, created.text
+    described = created.json()
+    assert described["provider"] == "webpush"
+    metadata = described["metadata"]
+    assert metadata["subject"] == "mailto:ops@example.com"
+    assert metadata["generated"] is True
+    assert len(base64.urlsafe_b64decode(metadata["public_key"] + "=")) == 65
+    loaded = await server.clarion.credentials.load(tenant.id, "webpush", None)
+    assert loaded is not None
+    key = serialization.load_pem_private_key(loaded.secret.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert _b64url_point(key) == metadata["public_key"]
+    for response in (
+        created,
+        await tenant.http.get(WEBPUSH),
+        await tenant.http.get("/v1/credentials"),
+    ):
+        assert _leaks(response, loaded.secret) == [], response.text
+    assert (await tenant.http.delete(WEBPUSH)).status_code == 204
+    assert (await tenant.http.get(WEBPUSH)).status_code == 404
+
+
+async def test_a_given_vapid_key_is_kept_in_pem_or_raw_form(tenant: Tenant) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = _pem(key)
+    response = await tenant.http.put(
+        WEBPUSH, json={"subject": "https://example.com/contact", "private_key": pem}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["metadata"]["public_key"] == _b64url_point(key)
+    assert response.json()["metadata"]["generated"] is False
+    assert _leaks(response, pem) == []
+    raw = base64.urlsafe_b64encode(key.private_numbers().private_value.to_bytes(32, "big"))
+    again = await tenant.http.put(
+        WEBPUSH,
+        json={"subject": "mailto:a@example.com", "private_key": raw.rstrip(b"=").decode()},
+    )
+    assert again.status_code == 200
+    assert again.json()["metadata"]["public_key"] == _b64url_point(key)
+
+
+async def test_webpush_and_wns_credentials_that_cannot_work_are_refused(tenant: Tenant) -> None:
+    cases = [
+        (WEBPUSH, {"subject": "ops@example.com"}, "body.subject"),
+        (
+            WEBPUSH,
+            {"subject": "mailto:a@b.c", "private_key": _pem(rsa.generate_private_key(65537, 2048))},
+            "body.private_key",
+        ),
+        (
+            WEBPUSH,
+            {
+                "subject": "mailto:a@b.c",
+                "private_key": _pem(ec.generate_private_key(ec.SECP384R1())),
+            },
+            "body.private_key",
+        ),
+        (WNS, {"package_sid": "S-1-15-2-1", "client_secret": "x"}, "body.package_sid"),
+        (WNS, {"package_sid": SID, "client_secret": " padded "}, "body.client_secret"),
+    ]
+    for path, body, field in cases:
+        response = await tenant.http.put(path, json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["error"]["details"]["fields"][0]["field"] == field
+
+
+async def test_a_wns_credential_is_stored_write_only(server: Running, tenant: Tenant) -> None:
+    secret = "Vex8L9WOFZuj95euaLrvSH7XyoDhLJc7"
+    created = await tenant.http.put(
+        WNS, json={"package_sid": SID, "client_secret": secret, "app_id": "com.example.win"}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["metadata"] == {"package_sid": SID}
+    assert created.json()["app_id"] == "com.example.win"
+    listed = await tenant.http.get("/v1/credentials")
+    for response in (created, listed, await tenant.http.get(WNS)):
+        assert secret not in response.text
+    loaded = await server.clarion.credentials.load(tenant.id, "wns", "com.example.win")
+    assert loaded is not None
+    assert loaded.secret == secret
+    assert (await tenant.http.delete(WNS)).status_code == 204
+
+
+# --- FCM (a Google service account) -------------------------------------------------------------
+
+FCM = "/v1/credentials/fcm/android"
+
+
+def _service_account(**changes: Any) -> dict[str, Any]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    account: dict[str, Any] = {
+        "type": "service_account",
+        "project_id": "demo-project",
+        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+        "private_key": _pem(key),
+        "client_email": "clarion@demo-project.iam.gserviceaccount.com",
+        "client_id": "123456789012345678901",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": "https://oauth2.googleapis.com/token",
+        "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+        "universe_domain": "googleapis.com",
+    }
+    return {**account, **changes}
+
+
+async def test_a_service_account_is_stored_sealed_and_described_by_its_project(
+    server: Running, tenant: Tenant
+) -> None:
+    account = _service_account()
+    created = await tenant.http.put(FCM, json={"service_account": account})
+    assert created.status_code == 201, created.text
+    described = created.json()
+    assert (described["provider"], described["name"], described["app_id"]) == (
+        "fcm",
+        "android",
+        None,
+    )
+    assert described["metadata"] == {
+        "project_id": "demo-project",
+        "client_email": "clarion@demo-project.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+    }
+    # The key file's text is taken as well as its object; replacing keeps the id.
+    other = _service_account(project_id="other-project")
+    replaced = await tenant.http.put(
+        FCM, json={"service_account": json.dumps(other), "app_id": "com.example.android"}
+    )
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["id"] == described["id"]
+    assert replaced.json()["app_id"] == "com.example.android"
+    assert replaced.json()["metadata"]["project_id"] == "other-project"
+    loaded = await server.clarion.credentials.load(tenant.id, "fcm", "com.example.android")
+    assert loaded is not None
+    assert loaded.secret.strip() == other["private_key"].strip()
+    for response in (
+        created,
+        replaced,
+        await tenant.http.get(FCM),
+        await tenant.http.get("/v1/credentials"),
+    ):
+        assert _leaks(response, account["private_key"]) == [], response.text
+        assert _leaks(response, other["private_key"]) == [], response.text
+    assert (await tenant.http.delete(FCM)).status_code == 204
+    assert (await tenant.http.get(FCM)).status_code == 404
+    assert (await tenant.http.delete(FCM)).status_code == 404
+
+
+async def test_each_app_gets_its_own_service_account_else_the_default(
+    server: Running, tenant: Tenant
+) -> None:
+    default = _service_account(project_id="default-project")
+    own = _service_account(project_id="own-project")
+    assert (
+        await tenant.http.put("/v1/credentials/fcm/default", json={"service_account": default})
+    ).status_code == 201
+    assert (
+        await tenant.http.put(
+            "/v1/credentials/fcm/own",
+            json={"service_account": own, "app_id": "com.example.own"},
+        )
+    ).status_code == 201
+    credentials = server.clarion.credentials
+    for app_id, project in (
+        ("com.example.own", "own-project"),
+        ("com.example.other", "default-project"),
+        (None, "default-project"),
+    ):
+        loaded = await credentials.load(tenant.id, "fcm", app_id)
+        assert loaded is not None
+        assert loaded.info.metadata["project_id"] == project
+
+
+async def test_service_accounts_that_cannot_work_are_refused_with_the_reason(
+    tenant: Tenant,
+) -> None:
+    ec_key = _pem(ec.generate_private_key(ec.SECP256R1()))
+    for account, words in (
+        (_service_account(type="authorized_user"), "service_account"),
+        (_service_account(private_key="not a key"), "PEM"),
+        (_service_account(private_key=ec_key), "RSA"),
+        (_service_account(client_email="nobody"), "client_email"),
+        (_service_account(project_id="Not A Project"), "project id"),
+        (_service_account(token_uri="http://oauth2.googleapis.com/token"), "https"),
+        (_service_account(token_uri="https://attacker.example/token"), "Google's token endpoint"),
+        ({k: v for k, v in _service_account().items() if k != "private_key"}, "private_key"),
+    ):
+        response = await tenant.http.put(FCM, json={"service_account": account})
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request"
+        assert words in error["message"], error["message"]
+        assert {f["field"] for f in error["details"]["fields"]} == {"body.service_account"}
+        if isinstance(account.get("private_key"), str):
+            assert _leaks(response, account["private_key"]) == []
+    garbage = await tenant.http.put(FCM, json={"service_account": "{not json"})
+    assert garbage.status_code == 422
+    assert (await tenant.http.get(FCM)).status_code == 404

@@ -663,6 +663,25 @@ def test_the_push_service_text_is_kept_in_the_reason() -> None:
     assert outcome == outcomes.AuthFailed("HTTP 403: invalid JWT provided")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"the key in the authorization header does not correspond to the sender ID used to "
+        b"subscribe this user",
+        b"VAPID key mismatch",
+    ],
+)
+def test_a_403_for_a_key_the_subscription_was_not_made_with_retires_only_it(text: bytes) -> None:
+    assert isinstance(_classify(403, {}, text), outcomes.TokenInvalid)
+
+
+def test_a_subject_is_checked_on_its_own() -> None:
+    webpush.check_subject("mailto:ops@example.com")
+    webpush.check_subject("https://example.com/contact")
+    with pytest.raises(errors.InvalidRequest):
+        webpush.check_subject("ops@example.com")
+
+
 def test_the_message_of_a_json_error_is_kept_in_the_reason() -> None:
     body = b'{"code": 410, "errno": 106, "error": "Gone", "message": "Request did not validate"}'
     assert _classify(410, {}, body) == outcomes.TokenInvalid("HTTP 410: Request did not validate")

@@ -170,6 +170,8 @@ class Claimed:
     registered_at: datetime | None = None
     """For push channels, when the device last registered its token (APNs 410 ``timestamp``
     comparisons: a token registered again since is kept)."""
+    keys: JsonObject = field(default_factory=dict)
+    """For push channels, the device's keys (Web Push: ``p256dh`` and ``auth``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -22,10 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from clarion.domain import errors, identifiers
 from clarion.domain.notifications import JsonObject
 from clarion.services.ports import Clock, Credential, CredentialInfo, CredentialStore
+from clarion.wire import fcm, webpush
 
 log = logging.getLogger(__name__)
 
 APNS = "apns"
+FCM = "fcm"
+WEBPUSH = "webpush"
+WNS = "wns"
 PROVIDERS = (APNS, "fcm", "wns", "webpush", "email")
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -39,7 +46,17 @@ TOPIC_PATTERN = r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
 suffix such as `.voip`; this is what `apns-topic` carries."""
 
 ENVIRONMENTS = ("sandbox", "production")
+
+PACKAGE_SID_PATTERN = r"^ms-app://[Ss]-1-15-2(-[0-9]{1,10}){4,12}$"
+"""A Windows app's Package SID, the WNS ``client_id`` (protocols.md §3)."""
+MAX_CLIENT_SECRET_LENGTH = 500
 MAX_TOPIC_LENGTH = 255
+
+GOOGLE_TOKEN_HOSTS = ("accounts.google.com", ".googleapis.com")
+"""Where a stored service account may send its signed assertion: Google's token endpoints
+(``oauth2.googleapis.com``, and private ones under ``googleapis.com``). Any other host would have
+Clarion post an hour-long grant, and read the answer, wherever a tenant points it; an emulator is
+reached through the operator's ``fcm.token_url`` setting instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +151,154 @@ class Credentials:
         )
         return SavedCredential(credential=info, created=created)
 
+    async def put_webpush(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        subject: str,
+        private_key: str | None = None,
+        app_id: str | None = None,
+    ) -> SavedCredential:
+        """Create or replace the tenant's Web Push (VAPID) credential `name`: a P-256 key pair
+        (the given private key, PEM or raw base64url, or a new one when None) and the ``sub``
+        contact [RFC8292]. The metadata shows the public key, base64url: the site's
+        ``applicationServerKey``.
+
+        Raises:
+            errors.InvalidRequest: a bad name or app id, a subject that is not a ``mailto:`` or
+                ``https:`` URI, a key that is not a P-256 private key.
+        """
+        _check_name(name)
+        if app_id is not None:
+            _check(identifiers.is_valid_key(app_id), "body.app_id", "not a valid app id")
+        try:
+            webpush.check_subject(subject)
+        except errors.InvalidRequest:
+            raise _invalid(
+                "body.subject", "must be a mailto: address or an https: URL (RFC 8292)"
+            ) from None
+        if private_key is None:
+            key = ec.generate_private_key(ec.SECP256R1())
+        else:
+            try:
+                key = webpush.load_vapid_key(private_key)
+            except errors.InvalidRequest:
+                raise _invalid(
+                    "body.private_key", "a VAPID key is an EC P-256 private key (PEM or base64url)"
+                ) from None
+        secret = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        metadata: JsonObject = {
+            "subject": subject,
+            "public_key": webpush.vapid_public_key(key),
+            "generated": private_key is None,
+        }
+        info, created = await self._store.put_credential(
+            tenant_id,
+            WEBPUSH,
+            name,
+            app_id=app_id,
+            environment=None,
+            metadata=metadata,
+            secret=secret,
+            now=self._clock.now(),
+        )
+        return SavedCredential(credential=info, created=created)
+
+    async def put_wns(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        package_sid: str,
+        client_secret: str,
+        app_id: str | None = None,
+    ) -> SavedCredential:
+        """Create or replace the tenant's WNS credential `name`: the app's Package SID and
+        client secret, exchanged for access tokens (OAuth client credentials) [W-HDR].
+
+        Raises:
+            errors.InvalidRequest: a bad name, app id, Package SID or secret.
+        """
+        _check_name(name)
+        if app_id is not None:
+            _check(identifiers.is_valid_key(app_id), "body.app_id", "not a valid app id")
+        _check(
+            re.fullmatch(PACKAGE_SID_PATTERN, package_sid),
+            "body.package_sid",
+            "a Package SID reads ms-app://S-1-15-2-… (from the Partner Center)",
+        )
+        _check(
+            0 < len(client_secret) <= MAX_CLIENT_SECRET_LENGTH
+            and client_secret.isprintable()
+            and client_secret.strip() == client_secret,
+            "body.client_secret",
+            f"a client secret is 1-{MAX_CLIENT_SECRET_LENGTH} printable characters",
+        )
+        info, created = await self._store.put_credential(
+            tenant_id,
+            WNS,
+            name,
+            app_id=app_id,
+            environment=None,
+            metadata={"package_sid": package_sid},
+            secret=client_secret,
+            now=self._clock.now(),
+        )
+        return SavedCredential(credential=info, created=created)
+
+    async def put_fcm(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        service_account: str | Mapping[str, Any],
+        app_id: str | None = None,
+    ) -> SavedCredential:
+        """Create or replace the tenant's FCM credential `name`: a Google service-account key
+        file (protocols.md §2). Its private key is sealed; `project_id`, `client_email`,
+        `token_uri` and `private_key_id` are kept as metadata.
+
+        Raises:
+            errors.InvalidRequest: a bad name or app id; a file `wire.fcm` refuses (not a
+                service account, a missing field, a key that is not an RSA private key); a
+                `token_uri` off Google's hosts.
+        """
+        _check_name(name)
+        if app_id is not None:
+            _check(identifiers.is_valid_key(app_id), "body.app_id", "not a valid app id")
+        try:
+            account = fcm.parse_service_account(service_account)
+        except errors.InvalidRequest as exc:
+            raise _invalid("body.service_account", exc.message) from None
+        host = (urlsplit(account.token_uri).hostname or "").lower()
+        _check(
+            host == GOOGLE_TOKEN_HOSTS[0] or host.endswith(GOOGLE_TOKEN_HOSTS[1]),
+            "body.service_account",
+            "token_uri must be Google's token endpoint (https://oauth2.googleapis.com/token)",
+        )
+        metadata: JsonObject = {
+            "project_id": account.project_id,
+            "client_email": account.client_email,
+            "token_uri": account.token_uri,
+            "private_key_id": account.private_key_id,
+        }
+        info, created = await self._store.put_credential(
+            tenant_id,
+            FCM,
+            name,
+            app_id=app_id,
+            environment=None,
+            metadata=metadata,
+            secret=account.private_key.strip() + "\n",
+            now=self._clock.now(),
+        )
+        return SavedCredential(credential=info, created=created)
+
     async def list_credentials(self, tenant_id: str) -> list[CredentialInfo]:
         """The tenant's credentials, described, never their secrets."""
         return await self._store.list_credentials(tenant_id)
@@ -186,6 +351,14 @@ def _invalid(field: str, problem: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(
         f"{field.removeprefix('body.').removeprefix('path.')}: {problem}",
         fields=[{"field": field, "problem": problem}],
+    )
+
+
+def _check_name(name: str) -> None:
+    _check(
+        re.fullmatch(NAME_PATTERN, name),
+        "path.name",
+        "a name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
     )
 
 

@@ -93,6 +93,7 @@ VAPID_DEFAULT_LIFETIME: Final = timedelta(hours=12)
 # by up to 12 hours still takes the token, and one token per origin serves 12 hours of sends.
 
 _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_KEY_MISMATCH = re.compile(r"does not correspond|mismatch", re.IGNORECASE)
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -489,6 +490,16 @@ def _vapid_params(authorization: str) -> dict[str, str]:
     return params
 
 
+def check_subject(subject: str) -> None:
+    """Check a VAPID ``sub`` claim: a ``mailto:`` URI with an address, or an ``https:`` URL
+    [RFC8292 §2.1].
+
+    Raises:
+        errors.InvalidRequest: it is neither.
+    """
+    _check_subject(subject)
+
+
 def _check_subject(subject: str) -> None:
     # RFC 8292 §2.1: "SHOULD include a contact URI ... either a mailto: or an https: URI";
     # Clarion makes it a must (Apple's push service refuses tokens without one).
@@ -628,7 +639,10 @@ def classify_response(
     - 2xx (201 Created; 202 after ``Prefer: respond-async``): `Delivered`, referenced by the
       ``Location`` of the message resource [RFC8030 §5].
     - 404 (expired subscription, RFC 8030 §7.3) and 410 (unsubscribed): `TokenInvalid`.
-    - 401/403 (VAPID missing, invalid, or for another key, RFC 8292 §4): `AuthFailed`.
+    - 401/403 (VAPID missing, invalid, or for another key, RFC 8292 §4): `AuthFailed`; but a
+      403 saying the key does not match the one the subscription was made with (FCM: "does not
+      correspond to the sender ID used to subscribe this user") is `TokenInvalid`: only that
+      subscription is unusable.
     - 429 and 5xx: `RetryLater`, honouring ``Retry-After`` (seconds or HTTP-date).
     - 400 (malformed headers), 413 (body too large) and any other 4xx: `Rejected`.
 
@@ -641,6 +655,10 @@ def classify_response(
         return outcomes.Delivered(reference=location or None)
     label = _reason(status, body)
     if status in (404, 410):
+        return outcomes.TokenInvalid(label)
+    if status == 403 and _KEY_MISMATCH.search(label):
+        # The subscription was made with another applicationServerKey: this subscription can
+        # never take our key, but the key itself is fine (protocols sheet §4).
         return outcomes.TokenInvalid(label)
     if status in (401, 403):
         return outcomes.AuthFailed(label)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -82,3 +83,400 @@ def apns(
             await emulator.stop()
 
     asyncio.run(main())
+
+
+def _serve_until_signalled(emulator: Any, lines: Callable[[], list[str]]) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await emulator.start()
+        for line in lines():
+            typer.echo(line)
+        try:
+            await stop.wait()
+        finally:
+            await emulator.stop()
+
+    asyncio.run(main())
+
+
+@app.command("webpush")
+def webpush(
+    port: Annotated[int, typer.Option(help="Push service port (0 = any free port).")] = 8443,
+    control_port: Annotated[
+        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
+    ] = 8444,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    public_host: Annotated[
+        str | None, typer.Option(help="Host name in the endpoints handed out (default: --host).")
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
+    ] = True,
+    cert_file: Annotated[
+        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
+    cert_out: Annotated[
+        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
+    ] = None,
+    latency_ms: Annotated[float, typer.Option(help="Delay before every answer.")] = 0.0,
+) -> None:
+    """Emulate a browser's Web Push service (VAPID checks, RFC 8291 decryption, scripted faults)."""
+    from clarion.emulators.webpush import WebPushEmulator
+
+    try:
+        emulator = WebPushEmulator(
+            host=host,
+            port=port,
+            control_port=control_port,
+            tls=tls,
+            public_host=public_host,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+    except (ValueError, OSError) as exc:
+        typer.echo(f"cannot start the Web Push emulator: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    emulator.latency_ms = latency_ms
+
+    def lines() -> list[str]:
+        said = []
+        if cert_out is not None and emulator.certificate_pem is not None:
+            cert_out.write_bytes(emulator.certificate_pem)
+            said.append(f"certificate written to {cert_out}")
+        said.append(f"Web Push emulator: {emulator.origin}/push/<subscription>")
+        said.append(f"control API:       http://{host}:{emulator.control_port}/control/")
+        return said
+
+    _serve_until_signalled(emulator, lines)
+
+
+@app.command("wns")
+def wns(
+    port: Annotated[int, typer.Option(help="Token and channel port (0 = any free port).")] = 8445,
+    control_port: Annotated[
+        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
+    ] = 8446,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    public_host: Annotated[
+        str | None, typer.Option(help="Host name in the channel URIs handed out.")
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
+    ] = True,
+    cert_file: Annotated[
+        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
+    cert_out: Annotated[
+        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
+    ] = None,
+    app_credentials: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--app", help="Register an app: PACKAGE_SID=SECRET (repeatable; split at the last =)."
+        ),
+    ] = None,
+    latency_ms: Annotated[float, typer.Option(help="Delay before every answer.")] = 0.0,
+) -> None:
+    """Emulate WNS (OAuth token endpoint, channel URIs, X-WNS-* headers, scripted faults)."""
+    from clarion.emulators.wns import WnsEmulator
+
+    try:
+        emulator = WnsEmulator(
+            host=host,
+            port=port,
+            control_port=control_port,
+            tls=tls,
+            public_host=public_host,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        for spec in app_credentials or []:
+            sid, sep, secret = spec.rpartition("=")
+            if not sep or not sid:
+                raise ValueError(f"--app wants PACKAGE_SID=SECRET, got {spec!r}")
+            emulator.register_app(sid, secret)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"cannot start the WNS emulator: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    emulator.latency_ms = latency_ms
+
+    def lines() -> list[str]:
+        said = []
+        if cert_out is not None and emulator.certificate_pem is not None:
+            cert_out.write_bytes(emulator.certificate_pem)
+            said.append(f"certificate written to {cert_out}")
+        said.append(
+            f"WNS emulator: token {emulator.token_url}, channels {emulator.origin}/?token=…"
+        )
+        said.append(f"control API:  http://{host}:{emulator.control_port}/control/")
+        return said
+
+    _serve_until_signalled(emulator, lines)
+
+
+@app.command("fcm")
+def fcm(
+    port: Annotated[
+        int, typer.Option(help="HTTP/2 + HTTP/1.1 port: token and send (0 = any free port).")
+    ] = 8447,
+    control_port: Annotated[
+        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
+    ] = 8448,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls/--plain",
+            help="TLS (ALPN h2 or http/1.1), or cleartext (h2c prior knowledge or HTTP/1.1).",
+        ),
+    ] = True,
+    cert_file: Annotated[
+        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
+    cert_out: Annotated[
+        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
+    ] = None,
+    service_account: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Create a service account: PROJECT_ID:path/to/write.json (repeatable); its "
+            "token_uri is this emulator."
+        ),
+    ] = None,
+    quota_per_minute: Annotated[
+        int, typer.Option(help="Messages per minute per project before 429 QUOTA_EXCEEDED.")
+    ] = 600_000,
+    registered_only: Annotated[
+        bool, typer.Option(help="Answer UNREGISTERED to tokens never registered (control API).")
+    ] = False,
+    latency_ms: Annotated[float, typer.Option(help="Delay before every send's answer.")] = 0.0,
+) -> None:
+    """Emulate FCM HTTP v1 and its OAuth token endpoint (RS256 assertions, errorCodes, quotas)."""
+    import json
+
+    from clarion.emulators.fcm import FcmEmulator
+
+    accounts: list[tuple[str, Path]] = []
+    try:
+        emulator = FcmEmulator(
+            host=host,
+            port=port,
+            control_port=control_port,
+            tls=tls,
+            cert_file=cert_file,
+            key_file=key_file,
+            quota_per_minute=quota_per_minute,
+            registered_only=registered_only,
+        )
+        for spec in service_account or []:
+            project, sep, path = spec.partition(":")
+            if not sep or not project or not path:
+                raise ValueError(f"--service-account wants PROJECT_ID:path, got {spec!r}")
+            accounts.append((project, Path(path)))
+    except (ValueError, OSError) as exc:
+        typer.echo(f"cannot start the FCM emulator: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    emulator.latency_ms = latency_ms
+
+    def lines() -> list[str]:
+        said = []
+        if cert_out is not None and emulator.certificate_pem is not None:
+            cert_out.write_bytes(emulator.certificate_pem)
+            said.append(f"certificate written to {cert_out}")
+        for project, path in accounts:
+            path.write_text(json.dumps(emulator.create_service_account(project), indent=2))
+            path.chmod(0o600)
+            said.append(f"service account of {project} written to {path}")
+        said.append(f"FCM emulator: {emulator.base_url}/v1/projects/<project>/messages:send")
+        said.append(f"OAuth tokens: {emulator.token_url}")
+        said.append(f"control API:  http://{host}:{emulator.control_port}/control/")
+        return said
+
+    _serve_until_signalled(emulator, lines)
+
+
+def _cert_lines(emulator: Any, cert_out: Path | None) -> list[str]:
+    if cert_out is not None and emulator.certificate_pem is not None:
+        cert_out.write_bytes(emulator.certificate_pem)
+        return [f"certificate written to {cert_out}"]
+    return []
+
+
+def _split_pair(spec: str, option: str, what: str) -> tuple[str, str]:
+    name, sep, secret = spec.partition(":")
+    if not sep or not name:
+        raise ValueError(f"{option} wants {what}, got {spec!r}")
+    return name, secret
+
+
+@app.command("smtp")
+def smtp(
+    port: Annotated[int, typer.Option(help="SMTP port (0 = any free port).")] = 2525,
+    control_port: Annotated[
+        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
+    ] = 2526,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    tls: Annotated[
+        str, typer.Option(help="starttls (offered), implicit (RFC 8314) or none.")
+    ] = "starttls",
+    require_tls: Annotated[bool, typer.Option(help="Refuse MAIL before STARTTLS (530).")] = False,
+    require_auth: Annotated[bool, typer.Option(help="Refuse MAIL before AUTH (530).")] = False,
+    user: Annotated[
+        list[str] | None,
+        typer.Option(help="Accept AUTH PLAIN/LOGIN as USERNAME:PASSWORD (repeatable)."),
+    ] = None,
+    cert_file: Annotated[
+        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
+    cert_out: Annotated[
+        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
+    ] = None,
+) -> None:
+    """Emulate an SMTP relay (STARTTLS/implicit TLS, AUTH, scripted 4xx/5xx per recipient)."""
+    from clarion.emulators.smtp import SmtpEmulator
+
+    try:
+        emulator = SmtpEmulator(
+            host=host,
+            port=port,
+            control_port=control_port,
+            tls=tls,
+            require_tls=require_tls,
+            require_auth=require_auth,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        for spec in user or []:
+            emulator.add_user(*_split_pair(spec, "--user", "USERNAME:PASSWORD"))
+    except (ValueError, OSError) as exc:
+        typer.echo(f"cannot start the SMTP emulator: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    def lines() -> list[str]:
+        return [
+            *_cert_lines(emulator, cert_out),
+            f"SMTP emulator: smtp://{host}:{emulator.port} (TLS: {tls})",
+            f"control API:   http://{host}:{emulator.control_port}/control/",
+        ]
+
+    _serve_until_signalled(emulator, lines)
+
+
+@app.command("ses")
+def ses(
+    port: Annotated[int, typer.Option(help="HTTPS port (0 = any free port).")] = 8449,
+    control_port: Annotated[
+        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
+    ] = 8450,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    region: Annotated[str, typer.Option(help="The region requests must be signed for.")] = (
+        "us-east-1"
+    ),
+    tls: Annotated[
+        bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
+    ] = True,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(help="Accept an access key: ACCESS_KEY_ID:SECRET (repeatable)."),
+    ] = None,
+    max_send_rate: Annotated[
+        float | None, typer.Option(help="Messages per second before TooManyRequestsException.")
+    ] = None,
+    cert_file: Annotated[
+        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
+    cert_out: Annotated[
+        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
+    ] = None,
+) -> None:
+    """Emulate Amazon SES v2 SendEmail (SigV4 checks, body validation, throttling)."""
+    from clarion.emulators.ses import SesEmulator
+
+    try:
+        emulator = SesEmulator(
+            host=host,
+            port=port,
+            control_port=control_port,
+            region=region,
+            tls=tls,
+            max_send_rate=max_send_rate,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        for spec in key or []:
+            emulator.add_key(*_split_pair(spec, "--key", "ACCESS_KEY_ID:SECRET"))
+    except (ValueError, OSError) as exc:
+        typer.echo(f"cannot start the SES emulator: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    def lines() -> list[str]:
+        return [
+            *_cert_lines(emulator, cert_out),
+            f"SES emulator: {emulator.endpoint}/v2/email/outbound-emails (region {region})",
+            f"control API:  http://{host}:{emulator.control_port}/control/",
+        ]
+
+    _serve_until_signalled(emulator, lines)
+
+
+@app.command("sendgrid")
+def sendgrid(
+    port: Annotated[int, typer.Option(help="HTTPS port (0 = any free port).")] = 8451,
+    control_port: Annotated[
+        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
+    ] = 8452,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    tls: Annotated[
+        bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
+    ] = True,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Accept this API key (repeatable).")
+    ] = None,
+    rate_limit: Annotated[
+        int | None, typer.Option(help="Requests per --rate-window seconds before 429.")
+    ] = None,
+    rate_window: Annotated[float, typer.Option(help="The rate limit's window, seconds.")] = 1.0,
+    cert_file: Annotated[
+        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
+    cert_out: Annotated[
+        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
+    ] = None,
+) -> None:
+    """Emulate SendGrid v3 Mail Send (bearer keys, body validation, 202, 429 rate limits)."""
+    from clarion.emulators.sendgrid import SendGridEmulator
+
+    try:
+        emulator = SendGridEmulator(
+            host=host,
+            port=port,
+            control_port=control_port,
+            tls=tls,
+            rate_limit=rate_limit,
+            rate_window=rate_window,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        for value in api_key or []:
+            emulator.add_key(value)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"cannot start the SendGrid emulator: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    def lines() -> list[str]:
+        return [
+            *_cert_lines(emulator, cert_out),
+            f"SendGrid emulator: {emulator.url}",
+            f"control API:       http://{host}:{emulator.control_port}/control/",
+        ]
+
+    _serve_until_signalled(emulator, lines)

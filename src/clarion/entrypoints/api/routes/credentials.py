@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from clarion.entrypoints.api import schemas
 from clarion.entrypoints.api.dependencies import App, Tenant
-from clarion.services.credentials import APNS, NAME_PATTERN
+from clarion.services.credentials import APNS, FCM, NAME_PATTERN, WEBPUSH, WNS
 from clarion.services.ports import CredentialInfo
 
 router = APIRouter(prefix="/v1", tags=["credentials"])
@@ -130,4 +130,130 @@ async def get_apns_credential(name: Name, app: App, tenant: Tenant) -> Credentia
 async def delete_apns_credential(name: Name, app: App, tenant: Tenant) -> Response:
     """Delete an APNs credential and its secret."""
     await app.credentials.delete(tenant, APNS, name)
+    return Response(status_code=204)
+
+
+# --- FCM (a Google service account) -------------------------------------------------------------
+
+
+class FcmIn(schemas.Input):
+    """The service-account key file from the Firebase console, as a JSON object or as the
+    file's text."""
+
+    service_account: dict[str, Any] | Annotated[str, Field(min_length=1, max_length=20_000)]
+    app_id: AppId | None = None
+
+
+@router.put(
+    "/credentials/fcm/{name}",
+    response_model=CredentialOut,
+    responses={201: {"model": CredentialOut}},
+)
+async def put_fcm_credential(
+    name: Name, body: FcmIn, app: App, tenant: Tenant, response: Response
+) -> CredentialOut:
+    """Create (201) or replace (200) an FCM credential. The answer describes the account
+    (project, client email, token URI, key id); its private key is never returned."""
+    saved = await app.credentials.put_fcm(
+        tenant, name, service_account=body.service_account, app_id=body.app_id
+    )
+    response.status_code = 201 if saved.created else 200
+    return CredentialOut.of(saved.credential)
+
+
+@router.get("/credentials/fcm/{name}", response_model=CredentialOut)
+async def get_fcm_credential(name: Name, app: App, tenant: Tenant) -> CredentialOut:
+    """One FCM credential, without its private key."""
+    return CredentialOut.of(await app.credentials.get(tenant, FCM, name))
+
+
+@router.delete("/credentials/fcm/{name}", status_code=204)
+async def delete_fcm_credential(name: Name, app: App, tenant: Tenant) -> Response:
+    """Delete an FCM credential and its private key."""
+    await app.credentials.delete(tenant, FCM, name)
+    return Response(status_code=204)
+
+
+# --- Web Push (VAPID) ---------------------------------------------------------------------------
+
+
+class WebPushIn(schemas.Input):
+    """A VAPID key pair and its contact; without `private_key`, Clarion generates the pair."""
+
+    subject: Annotated[schemas.Text, Field(min_length=1, max_length=255)]
+    private_key: Pem | None = None
+    app_id: AppId | None = None
+
+
+@router.put(
+    "/credentials/webpush/{name}",
+    response_model=CredentialOut,
+    responses={201: {"model": CredentialOut}},
+)
+async def put_webpush_credential(
+    name: Name, body: WebPushIn, app: App, tenant: Tenant, response: Response
+) -> CredentialOut:
+    """Create (201) or replace (200) a Web Push (VAPID) credential. The answer shows the public
+    key (`metadata.public_key`, the site's applicationServerKey), never the private key."""
+    saved = await app.credentials.put_webpush(
+        tenant, name, subject=body.subject, private_key=body.private_key, app_id=body.app_id
+    )
+    response.status_code = 201 if saved.created else 200
+    return CredentialOut.of(saved.credential)
+
+
+@router.get("/credentials/webpush/{name}", response_model=CredentialOut)
+async def get_webpush_credential(name: Name, app: App, tenant: Tenant) -> CredentialOut:
+    """One Web Push credential, without its private key."""
+    return CredentialOut.of(await app.credentials.get(tenant, WEBPUSH, name))
+
+
+@router.delete("/credentials/webpush/{name}", status_code=204)
+async def delete_webpush_credential(name: Name, app: App, tenant: Tenant) -> Response:
+    """Delete a Web Push credential and its key."""
+    await app.credentials.delete(tenant, WEBPUSH, name)
+    return Response(status_code=204)
+
+
+# --- WNS ----------------------------------------------------------------------------------------
+
+
+class WnsIn(schemas.Input):
+    """The app's Package SID and client secret (Partner Center)."""
+
+    package_sid: Annotated[schemas.Text, Field(min_length=1, max_length=255)]
+    client_secret: Annotated[schemas.Text, Field(min_length=1, max_length=500)]
+    app_id: AppId | None = None
+
+
+@router.put(
+    "/credentials/wns/{name}",
+    response_model=CredentialOut,
+    responses={201: {"model": CredentialOut}},
+)
+async def put_wns_credential(
+    name: Name, body: WnsIn, app: App, tenant: Tenant, response: Response
+) -> CredentialOut:
+    """Create (201) or replace (200) a WNS credential. The secret is never returned."""
+    saved = await app.credentials.put_wns(
+        tenant,
+        name,
+        package_sid=body.package_sid,
+        client_secret=body.client_secret,
+        app_id=body.app_id,
+    )
+    response.status_code = 201 if saved.created else 200
+    return CredentialOut.of(saved.credential)
+
+
+@router.get("/credentials/wns/{name}", response_model=CredentialOut)
+async def get_wns_credential(name: Name, app: App, tenant: Tenant) -> CredentialOut:
+    """One WNS credential, without its secret."""
+    return CredentialOut.of(await app.credentials.get(tenant, WNS, name))
+
+
+@router.delete("/credentials/wns/{name}", status_code=204)
+async def delete_wns_credential(name: Name, app: App, tenant: Tenant) -> Response:
+    """Delete a WNS credential and its secret."""
+    await app.credentials.delete(tenant, WNS, name)
     return Response(status_code=204)
