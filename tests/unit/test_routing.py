@@ -57,3 +57,12 @@ def test_channels_for_keeps_the_order_the_event_named(named: list[Channel]) -> N
     result = channels_for(spec(tuple(named)))
     others = [c for c in result if c is not Channel.WEBSOCKET]
     assert others == list(dict.fromkeys(c for c in named if c is not Channel.WEBSOCKET))
+
+
+def test_the_api_names_every_channel_and_the_push_alias() -> None:
+    from typing import get_args
+
+    from clarion.domain.channels import PUSH_ALIAS, Channel
+    from clarion.entrypoints.api.schemas import ChannelName
+
+    assert set(get_args(ChannelName)) == {str(c) for c in Channel} | {PUSH_ALIAS}

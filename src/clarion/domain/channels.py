@@ -16,6 +16,13 @@ class Channel(enum.StrEnum):
     EMAIL = "email"
 
 
+PUSH: tuple[Channel, ...] = (Channel.APNS, Channel.FCM, Channel.WNS, Channel.WEBPUSH)
+"""The mobile, desktop and browser push providers, in the order an event alias expands them."""
+
+PUSH_ALIAS = "push"
+"""What a producer may name instead of the providers: every push provider this server has, so a
+user's iPhone, Android phone, Windows laptop and browser all hear of the event."""
+
 REALTIME: frozenset[Channel] = frozenset({Channel.WEBSOCKET})
 """Channels whose deliveries wait for the recipient to be connected rather than being sent out."""
 

@@ -6,23 +6,25 @@ take no coercions beyond pydantic's defaults for JSON. Outputs are allowlists of
 
 from __future__ import annotations
 
-import math
 import zoneinfo
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, Field
 
-from clarion.domain import identifiers
-from clarion.domain.channels import Channel
 from clarion.domain.notifications import InboxItem, StatusCounts
 from clarion.domain.statuses import Status, Transition
 
-
-def _key(value: str) -> str:
-    if not identifiers.is_valid_key(value):
-        raise ValueError("must be 1-255 printable characters without surrounding blanks")
-    return value
+# The inputs producers send are shared with the bus's ingest consumer (entrypoints/inputs.py).
+from clarion.entrypoints.inputs import (
+    ChannelName as ChannelName,
+    EventIn as EventIn,
+    Input as Input,
+    JsonData as JsonData,
+    Key as Key,
+    RecipientsIn as RecipientsIn,
+    Text as Text,
+)
 
 
 def _timezone(value: str) -> str:
@@ -31,71 +33,6 @@ def _timezone(value: str) -> str:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError("must be an IANA time zone such as 'Europe/Paris'") from exc
     return value
-
-
-MAX_JSON_DEPTH = 32  # deeper than any real payload; bounds the work of every later walk
-
-
-def _storable_text(value: str) -> str:
-    # PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded as UTF-8: both
-    # would fail at write time, long after the 202, so they are refused here.
-    if "\x00" in value:
-        raise ValueError("text must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError("text must be valid Unicode (no lone surrogates)") from exc
-    return value
-
-
-def _storable_json(value: Any, depth: int = 0) -> Any:
-    if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("numbers must be finite (no NaN or Infinity)")
-    if isinstance(value, str):
-        _storable_text(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable_text(key)
-            _storable_json(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _storable_json(item, depth + 1)
-    return value
-
-
-Key = Annotated[str, AfterValidator(_key)]
-Text = Annotated[str, AfterValidator(_storable_text)]
-JsonData = Annotated[dict[str, Any], AfterValidator(_storable_json)]
-MAX_KEYS = 30_000  # the request-level ceiling; the configured per-event limit is checked later
-
-
-class Input(BaseModel):
-    """Every request body: unknown fields are an error."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class RecipientsIn(Input):
-    """Who an event is for, by external key."""
-
-    users: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
-    groups: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
-    communities: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
-
-
-class EventIn(Input):
-    """An event from a producer."""
-
-    type: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
-    recipients: RecipientsIn
-    title: Annotated[Text, Field(max_length=1000)] | None = None
-    body: Annotated[Text, Field(max_length=10_000)] | None = None
-    data: JsonData = {}
-    category: Key | None = None
-    group: Key | None = None
-    channels: Annotated[list[Channel], Field(min_length=1, max_length=len(Channel))] | None = None
 
 
 class EventAccepted(BaseModel):

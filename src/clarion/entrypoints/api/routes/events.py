@@ -5,44 +5,52 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
 
 from clarion.domain import errors, identifiers
-from clarion.domain.notifications import EventSpec, Recipients
 from clarion.entrypoints.api import schemas
 from clarion.entrypoints.api.dependencies import App, Tenant, UserKey
+from clarion.entrypoints.api.errors import respond
+from clarion.entrypoints.api.rates import Limits
+from clarion.entrypoints.inputs import event_spec
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
 
-@router.post("", status_code=202, response_model=schemas.EventAccepted)
+@router.post(
+    "",
+    status_code=202,
+    response_model=schemas.EventAccepted,
+    responses={
+        429: {"model": schemas.ErrorOut, "description": "Over the tenant's rate limit"},
+        503: {"model": schemas.ErrorOut, "description": "Overloaded or unavailable"},
+    },
+)
 async def post_event(
     body: schemas.EventIn,
     app: App,
     tenant: Tenant,
+    limits: Limits,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> schemas.EventAccepted:
+) -> schemas.EventAccepted | JSONResponse:
     """Accept an event. Answers 202 once it is durably stored; routing follows in the worker.
 
     The same `Idempotency-Key` with the same body answers the same id again; with another
-    body it is refused (422 `idempotency_key_reused`).
+    body it is refused (422 `idempotency_key_reused`). Over the tenant's rate limits it answers
+    429 `rate_limited`; with too much accepted work still waiting for the workers, 503
+    `overloaded`; both with `Retry-After`.
     """
     if idempotency_key is not None and not identifiers.is_valid_key(idempotency_key):
         raise errors.InvalidRequest("Idempotency-Key must be 1-255 printable characters")
-    spec = EventSpec(
-        type=body.type,
-        recipients=Recipients(
-            users=identifiers.unique_in_order(body.recipients.users),
-            groups=identifiers.unique_in_order(body.recipients.groups),
-            communities=identifiers.unique_in_order(body.recipients.communities),
-        ),
-        title=body.title,
-        body=body.body,
-        data=body.data,
-        category=body.category,
-        group=body.group,
-        channels=None if body.channels is None else tuple(dict.fromkeys(body.channels)),
-    )
+    spec = event_spec(body, app.accepting.push_channels)
+    decision = limits.check(tenant, spec.recipients.count())
+    if not decision.allowed:
+        limited = errors.RateLimited(
+            "this tenant is over its rate limit for events", retry_after=decision.retry_after
+        )
+        return respond(limited, decision.headers)
+    response.headers.update(decision.headers)
     accepted = await app.accepting.accept(tenant, spec, idempotency_key=idempotency_key)
     if not accepted.created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -1,0 +1,135 @@
+"""What producers send, whichever way in they use: the HTTP API (`POST /v1/events`) and the bus
+(`ingest` stream, docs/bus.md) validate an event with the same models, so they take and refuse
+exactly the same things.
+
+Inputs forbid unknown fields (no mass assignment: ids, statuses and timestamps are ours) and
+take no coercions beyond pydantic's defaults for JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from clarion.domain import identifiers
+from clarion.domain.channels import PUSH_ALIAS, Channel
+from clarion.domain.notifications import EventSpec, Recipients
+
+
+def _key(value: str) -> str:
+    if not identifiers.is_valid_key(value):
+        raise ValueError("must be 1-255 printable characters without surrounding blanks")
+    return value
+
+
+MAX_JSON_DEPTH = 32  # deeper than any real payload; bounds the work of every later walk
+
+
+def _storable_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded as UTF-8: both
+    # would fail at write time, long after the 202, so they are refused here.
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from exc
+    return value
+
+
+def _storable_json(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
+    if isinstance(value, str):
+        _storable_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable_text(key)
+            _storable_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item, depth + 1)
+    return value
+
+
+Key = Annotated[str, AfterValidator(_key)]
+Text = Annotated[str, AfterValidator(_storable_text)]
+JsonData = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+MAX_KEYS = 30_000  # the request-level ceiling; the configured per-event limit is checked later
+
+
+class Input(BaseModel):
+    """Every request body: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecipientsIn(Input):
+    """Who an event is for, by external key."""
+
+    users: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
+    groups: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
+    communities: Annotated[list[Key], Field(max_length=MAX_KEYS)] = []
+
+
+ChannelName = Literal["websocket", "apns", "fcm", "wns", "webpush", "email", "push"]
+"""A channel an event may name: one of `Channel`, or `push` for every configured push provider
+(one flat list, so that a wrong name is reported at the item, not per union member)."""
+
+
+class EventIn(Input):
+    """An event from a producer."""
+
+    type: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
+    recipients: RecipientsIn
+    title: Annotated[Text, Field(max_length=1000)] | None = None
+    body: Annotated[Text, Field(max_length=10_000)] | None = None
+    data: JsonData = {}
+    category: Key | None = None
+    group: Key | None = None
+    channels: (
+        Annotated[list[ChannelName], Field(min_length=1, max_length=len(Channel) + 1)] | None
+    ) = None
+    """Where to push besides the in-app inbox; "push" stands for every configured push provider."""
+
+
+class IngestMessage(Input):
+    """An event a producer published onto the bus's `ingest` stream (docs/bus.md)."""
+
+    version: Literal[1] = 1
+    tenant_id: Annotated[str, Field(min_length=1, max_length=255)]
+    idempotency_key: Key
+    event: EventIn
+
+
+def event_spec(body: EventIn, push_channels: Callable[[], tuple[Channel, ...]]) -> EventSpec:
+    """The event as the domain knows it: keys de-duplicated in order, and the `push` alias
+    expanded to `push_channels()` (which raises `UnknownChannel` when there is none)."""
+    channels: tuple[Channel, ...] | None = None
+    if body.channels is not None:
+        found: list[Channel] = []
+        for name in body.channels:
+            if name == PUSH_ALIAS:
+                found.extend(push_channels())
+            else:
+                found.append(Channel(name))
+        channels = tuple(dict.fromkeys(found))
+    return EventSpec(
+        type=body.type,
+        recipients=Recipients(
+            users=identifiers.unique_in_order(body.recipients.users),
+            groups=identifiers.unique_in_order(body.recipients.groups),
+            communities=identifiers.unique_in_order(body.recipients.communities),
+        ),
+        title=body.title,
+        body=body.body,
+        data=body.data,
+        category=body.category,
+        group=body.group,
+        channels=channels,
+    )
