@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from clarion.adapters.storage import tables
 from clarion.domain import errors, outcomes
 from clarion.domain.channels import Channel
 from clarion.domain.notifications import EventSpec, Recipients
-from clarion.domain.records import Completion, UserFields
+from clarion.domain.records import Claimed, Completion, UserFields
 from clarion.domain.statuses import Status, Subject
 from clarion.services.accepting import Accepting
 
@@ -518,3 +519,286 @@ async def test_an_item_fails_only_when_every_delivery_failed(clarion: bootstrap.
     # The inbox (websocket) delivery is still open, so the recipient can still see it.
     assert report.item.status == Status.PENDING
     assert Status.FAILED in {d.status for d in report.deliveries}
+
+
+async def _claim_mine(
+    app: bootstrap.Clarion, tenant: str, now: datetime, *, limit: int = 1000, lease: float = 60
+) -> list[Claimed]:
+    # Claims span tenants, and the PostgreSQL database is shared by the session's tests.
+    claimed = await app.store.claim_deliveries(
+        Channel.APNS, limit=limit, lease_seconds=lease, now=now
+    )
+    return sorted((c for c in claimed if c.tenant_id == tenant), key=lambda c: c.id)
+
+
+async def _delivery_rows(app: bootstrap.Clarion, tenant: str) -> dict[int, sa.Row[Any]]:
+    d = tables.deliveries
+    async with app.store.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(d).where(d.c.tenant_id == tenant, d.c.channel == str(Channel.APNS))
+        )
+        return {r.id: r for r in rows}
+
+
+async def _trail(
+    app: bootstrap.Clarion, subject: Subject, subject_id: int
+) -> list[tuple[Any, ...]]:
+    t = tables.transitions
+    async with app.store.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(t.c.source, t.c.target, t.c.cause)
+            .where(t.c.subject == str(subject), t.c.subject_id == subject_id)
+            .order_by(t.c.id)
+        )
+        return [tuple(r) for r in rows]
+
+
+async def _device_status(app: bootstrap.Clarion, device_id: int) -> tuple[str, str | None]:
+    d = tables.devices
+    async with app.store.engine.connect() as conn:
+        row = (
+            await conn.execute(sa.select(d.c.status, d.c.retired_reason).where(d.c.id == device_id))
+        ).one()
+        return row.status, row.retired_reason
+
+
+async def test_one_completion_call_applies_every_kind_of_outcome_set_based(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    devices = {
+        name: await _push_device(clarion, tenant, user, f"tok-{name}")
+        for name, user in [
+            ("a1", "a"),
+            ("a2", "a"),
+            ("b", "b"),
+            ("c", "c"),
+            ("d", "d"),
+        ]
+    }
+    _, routed = await _route(
+        clarion,
+        tenant,
+        EventSpec(
+            type="t", recipients=Recipients(users=("a", "b", "c", "d")), channels=(Channel.APNS,)
+        ),
+    )
+    now = clarion.clock.now()
+    claimed = {c.endpoint: c for c in await _claim_mine(clarion, tenant, now)}
+    assert sorted(claimed) == sorted(str(i) for i in devices.values())
+    by_name = {name: claimed[str(i)] for name, i in devices.items()}
+    retry_at = now + timedelta(seconds=90)
+    script = {
+        "a1": Completion(by_name["a1"].id, by_name["a1"].fence, outcomes.Delivered("apns-a1")),
+        "a2": Completion(by_name["a2"].id, by_name["a2"].fence, outcomes.Delivered("apns-a2")),
+        "b": Completion(
+            by_name["b"].id, by_name["b"].fence, outcomes.RetryLater("busy", 90), retry_at
+        ),
+        "c": Completion(by_name["c"].id, by_name["c"].fence, outcomes.Rejected("BadTopic")),
+        "d": Completion(by_name["d"].id, by_name["d"].fence, outcomes.TokenInvalid("Unregistered")),
+    }
+    applied = await clarion.store.complete_deliveries(list(script.values()), now)
+    assert sorted(applied) == sorted(c.delivery_id for c in script.values())
+
+    rows = await _delivery_rows(clarion, tenant)
+    a1, a2, b, c, d = (rows[by_name[n].id] for n in ("a1", "a2", "b", "c", "d"))
+    assert (a1.status, a1.reference, a2.status, a2.reference) == (
+        "sent",
+        "apns-a1",
+        "sent",
+        "apns-a2",
+    )
+    assert a1.sent_at is not None
+    assert a1.lease_expires_at is None
+    assert (b.status, b.error, b.lease_expires_at) == ("pending", "busy", None)
+    assert b.next_attempt_at == retry_at
+    assert (c.status, c.error, d.status, d.error) == (
+        "failed",
+        "BadTopic",
+        "failed",
+        "Unregistered",
+    )
+    assert c.failed_at is not None
+
+    # The dead token is retired; the others are untouched.
+    assert await _device_status(clarion, devices["d"]) == ("retired", "Unregistered")
+    for name in ("a1", "a2", "b", "c"):
+        assert (await _device_status(clarion, devices[name]))[0] == "active"
+
+    # Every move is audited, once; the item of two sent deliveries moved once.
+    for name, target, cause in [
+        ("a1", "sent", "apns"),
+        ("a2", "sent", "apns"),
+        ("c", "failed", "BadTopic"),
+        ("d", "failed", "Unregistered"),
+    ]:
+        assert await _trail(clarion, Subject.DELIVERY, by_name[name].id) == [
+            (None, "pending", "routed"),
+            ("pending", target, cause),
+        ]
+    assert await _trail(clarion, Subject.DELIVERY, by_name["b"].id) == [(None, "pending", "routed")]
+    items = await _items(clarion, routed.notification_id)
+    assert await _trail(clarion, Subject.ITEM, items["a"][0]) == [
+        (None, "pending", "routed"),
+        ("pending", "sent", "apns"),
+    ]
+    # Each recipient still has an open websocket delivery, so no item fails.
+    assert {user: status for user, (_, status) in items.items()} == {
+        "a": "sent",
+        "b": "pending",
+        "c": "pending",
+        "d": "pending",
+    }
+
+    # The retry is not due before its time, and then it is, with a new fence.
+    assert await _claim_mine(clarion, tenant, retry_at - timedelta(seconds=1)) == []
+    [again] = await _claim_mine(clarion, tenant, retry_at)
+    assert (again.id, again.fence, again.attempts) == (
+        by_name["b"].id,
+        by_name["b"].fence + 1,
+        by_name["b"].attempts + 1,
+    )
+
+
+async def test_a_completion_applies_only_what_this_lease_holds(clarion: bootstrap.Clarion) -> None:
+    tenant = await _tenant(clarion)
+    for user in ("a", "b", "c"):
+        await _push_device(clarion, tenant, user, f"tok-{user}")
+    await _route(
+        clarion,
+        tenant,
+        EventSpec(type="t", recipients=Recipients(users=("a", "b", "c")), channels=(Channel.APNS,)),
+    )
+    now = clarion.clock.now()
+    first = await _claim_mine(clarion, tenant, now, lease=1)
+    later = now + timedelta(seconds=5)
+    # The lease ran out: one delivery is claimed again by another worker.
+    [taken] = await _claim_mine(clarion, tenant, later, limit=1)
+    taken_over = next(c for c in first if c.id == taken.id)
+    applied = await clarion.store.complete_deliveries(
+        [Completion(c.id, c.fence, outcomes.Delivered(f"ref-{c.id}")) for c in first], later
+    )
+    assert sorted(applied) == sorted(c.id for c in first if c.id != taken.id)
+    rows = await _delivery_rows(clarion, tenant)
+    assert rows[taken.id].status == "pending"
+    assert rows[taken.id].reference is None
+    assert await _trail(clarion, Subject.DELIVERY, taken.id) == [(None, "pending", "routed")]
+    # A completion for a delivery that is no longer pending changes nothing either.
+    done = next(c for c in first if c.id != taken_over.id)
+    assert (
+        await clarion.store.complete_deliveries(
+            [Completion(done.id, done.fence, outcomes.Rejected("late"))], later
+        )
+        == []
+    )
+    assert (await _delivery_rows(clarion, tenant))[done.id].status == "sent"
+    assert await clarion.store.complete_deliveries(
+        [Completion(taken.id, taken.fence, outcomes.Delivered("mine"))], later
+    ) == [taken.id]
+
+
+async def test_claims_never_hand_out_a_leased_delivery_and_take_them_back_when_it_runs_out(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    users = tuple(f"u{n}" for n in range(5))
+    for user in users:
+        await _push_device(clarion, tenant, user, f"tok-{user}")
+    await _route(
+        clarion,
+        tenant,
+        EventSpec(type="t", recipients=Recipients(users=users), channels=(Channel.APNS,)),
+    )
+    now = clarion.clock.now()
+    seen: list[int] = []
+    while batch := await _claim_mine(clarion, tenant, now, limit=2, lease=30):
+        seen += [c.id for c in batch]
+    assert len(seen) == len(set(seen)) == 5
+    assert await _claim_mine(clarion, tenant, now + timedelta(seconds=29)) == []
+    again = await _claim_mine(clarion, tenant, now + timedelta(seconds=31))
+    assert sorted(c.id for c in again) == sorted(seen)
+    assert {c.attempts for c in again} == {2}
+
+
+async def test_a_dead_token_is_kept_when_the_device_registered_again_after_the_claim(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    device = await _push_device(clarion, tenant, "a", "ab" * 32)
+    await _route(
+        clarion,
+        tenant,
+        EventSpec(type="t", recipients=Recipients(users=("a",)), channels=(Channel.APNS,)),
+    )
+    [claimed] = await _claim_mine(clarion, tenant, clarion.clock.now())
+    # The app registers the token again while the push is in flight.
+    await clarion.devices.register(
+        tenant, "a", provider="apns", token="ab" * 32, app_id=None, keys={}
+    )
+    applied = await clarion.store.complete_deliveries(
+        [Completion(claimed.id, claimed.fence, outcomes.TokenInvalid("Unregistered"))],
+        clarion.clock.now(),
+    )
+    assert applied == [claimed.id]
+    assert (await _delivery_rows(clarion, tenant))[claimed.id].status == "failed"
+    assert await _device_status(clarion, device) == ("active", None)
+
+
+async def test_deliveries_to_a_retired_device_fail_at_claim_and_are_never_sent(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    dead = await _push_device(clarion, tenant, "a", "tok-dead")
+    alive = await _push_device(clarion, tenant, "b", "tok-alive")
+    spec = EventSpec(type="t", recipients=Recipients(users=("a", "b")), channels=(Channel.APNS,))
+    await _route(clarion, tenant, spec)
+    await _route(clarion, tenant, spec)
+    now = clarion.clock.now()
+    first = [c for c in await _claim_mine(clarion, tenant, now) if c.endpoint == str(dead)]
+    # The first push to the dead token retires it; the second event's is still pending.
+    [one, other] = first
+    await clarion.store.complete_deliveries(
+        [Completion(one.id, one.fence, outcomes.TokenInvalid("Unregistered"))], now
+    )
+    # The lease on the second runs out without an answer: it is due again, to a dead token.
+    later = now + timedelta(seconds=61)
+    claimed = await _claim_mine(clarion, tenant, later)
+    assert {c.endpoint for c in claimed} == {str(alive)}
+    row = (await _delivery_rows(clarion, tenant))[other.id]
+    assert (row.status, row.error) == ("failed", "device retired")
+    assert await _trail(clarion, Subject.DELIVERY, other.id) == [
+        (None, "pending", "routed"),
+        ("pending", "failed", "device retired"),
+    ]
+
+
+async def test_an_item_fails_when_its_last_open_delivery_fails_and_the_move_is_audited(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    device = await _push_device(clarion, tenant, "a", "tok")
+    event_id, routed = await _route(
+        clarion,
+        tenant,
+        EventSpec(type="t", recipients=Recipients(users=("a",)), channels=(Channel.APNS,)),
+    )
+    [push] = await _claim_mine(clarion, tenant, clarion.clock.now())
+    report = await clarion.reporting.recipient(tenant, event_id, "a")
+    inbox = next(d for d in report.deliveries if d.channel == str(Channel.WEBSOCKET))
+    # The websocket delivery was never leased (fence 0); both fail in one call.
+    applied = await clarion.store.complete_deliveries(
+        [
+            Completion(inbox.id, 0, outcomes.Rejected("closed")),
+            Completion(push.id, push.fence, outcomes.TokenInvalid("BadDeviceToken")),
+        ],
+        clarion.clock.now(),
+    )
+    assert sorted(applied) == sorted([inbox.id, push.id])
+    items = await _items(clarion, routed.notification_id)
+    item_id, status = items["a"]
+    assert status == "failed"
+    assert await _trail(clarion, Subject.ITEM, item_id) == [
+        (None, "pending", "routed"),
+        ("pending", "failed", "unreachable"),
+    ]
+    assert (await _device_status(clarion, device))[0] == "retired"

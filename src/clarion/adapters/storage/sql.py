@@ -8,15 +8,18 @@ their audit entries in the same transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.type_api import to_instance
 
 from clarion.adapters.sealing import Sealer
 from clarion.adapters.storage import engines
@@ -1406,6 +1409,15 @@ class SqlStore:
     async def claim_deliveries(
         self, channel: Channel, *, limit: int, lease_seconds: float, now: datetime
     ) -> list[ports.Claimed]:
+        """Lease up to `limit` due deliveries of `channel`, earliest due first.
+
+        The rows come in the order of the index (channel, status, next_attempt_at), so a claim
+        reads what it takes plus the deliveries other batches hold leases on, never the whole
+        backlog. The lease touches no indexed column: moving `next_attempt_at` as well cost
+        more in index upkeep than skipping the leased rows costs. On push channels,
+        deliveries whose device was retired (or deleted) since routing are failed here
+        instead of handed out: a dead token is never used again.
+        """
         due = (
             sa.select(deliveries.c.id)
             .where(
@@ -1416,190 +1428,468 @@ class SqlStore:
                     deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at <= now
                 ),
             )
-            .order_by(deliveries.c.id)
+            # The index's own order: ORDER BY id sorted the whole backlog on every claim.
+            .order_by(deliveries.c.next_attempt_at)
             .limit(limit)
         )
         if self._dialect == "postgresql":
             due = due.with_for_update(skip_locked=True)
+        lease = (
+            deliveries.update()
+            .where(deliveries.c.id.in_(due.scalar_subquery()))
+            .values(
+                fence=deliveries.c.fence + 1,
+                attempts=deliveries.c.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(
+                deliveries.c.id,
+                deliveries.c.fence,
+                deliveries.c.tenant_id,
+                deliveries.c.item_id,
+                deliveries.c.endpoint,
+                deliveries.c.attempts,
+            )
+        )
+        push = channel in _PUSH_PROVIDERS
+        claims: list[ports.Claimed] = []
         async with self._write() as conn:
-            claimed = (
+            # Deliveries to dead devices are failed, not handed out; claim again in their
+            # place so that a batch of them does not look like an idle queue.
+            while not claims:
+                leased = sorted(await conn.execute(lease))
+                if not leased:
+                    break
+                items = await self._claimed_items(conn, [r[3] for r in leased])
+                found = await self._devices_by_id(conn, leased) if push else {}
+                dead: list[_Failing] = []
+                for delivery_id, fence, tenant_id, item_id, endpoint, attempts in leased:
+                    device = found.get(endpoint)
+                    if push and (device is None or device.status != "active"):
+                        why = "device deleted" if device is None else "device retired"
+                        dead.append(_Failing(delivery_id, tenant_id, item_id, why, why))
+                        continue
+                    claims.append(
+                        ports.Claimed(
+                            id=delivery_id,
+                            fence=fence,
+                            tenant_id=tenant_id,
+                            channel=str(channel),
+                            endpoint=endpoint,
+                            attempts=attempts,
+                            item=items[item_id],
+                            address=None if device is None else device.token,
+                            app_id=None if device is None else device.app_id,
+                            registered_at=None if device is None else device.updated_at,
+                            keys={} if device is None else dict(device.keys or {}),
+                        )
+                    )
+                await self._fail_deliveries(conn, dead, now)
+        return claims
+
+    async def _claimed_items(
+        self, conn: AsyncConnection, item_ids: Sequence[int]
+    ) -> dict[int, InboxItem]:
+        """The items of claimed deliveries. Each notification is read (and its JSON parsed)
+        once however many of its items the batch holds; routing writes a notification and its
+        items in one transaction with one `created_at`, so the items' is the notification's."""
+        rows: list[tuple[int, str, str, str]] = []
+        for where in self._among(inbox_items.c.id, sorted(set(item_ids))):
+            rows += (
                 await conn.execute(
-                    deliveries.update()
-                    .where(deliveries.c.id.in_(due.scalar_subquery()))
-                    .values(
-                        fence=deliveries.c.fence + 1,
-                        attempts=deliveries.c.attempts + 1,
-                        lease_expires_at=now + timedelta(seconds=lease_seconds),
-                        updated_at=now,
+                    sa.select(
+                        inbox_items.c.id,
+                        inbox_items.c.notification_id,
+                        inbox_items.c.status,
+                        users.c.external_id,
                     )
-                    .returning(
-                        deliveries.c.id,
-                        deliveries.c.fence,
-                        deliveries.c.tenant_id,
-                        deliveries.c.endpoint,
-                        deliveries.c.attempts,
-                        deliveries.c.item_id,
-                    )
+                    .join(users, users.c.id == inbox_items.c.user_id)
+                    .where(where)
                 )
             ).all()
-            by_item: dict[int, InboxItem] = {}
-            for chunk in _chunks([r.item_id for r in claimed], _CHUNK):
-                rows = await conn.execute(_item_query().where(inbox_items.c.id.in_(chunk)))
-                by_item.update((r.id, _addressed(r).item) for r in rows)
-            # Push deliveries name their device by id; the transport needs its token and app.
-            by_device: dict[str, Any] = {}
-            if channel in _PUSH_PROVIDERS:
-                ids = sorted({int(r.endpoint) for r in claimed if r.endpoint.isdigit()})
-                for chunk in _chunks(ids, _CHUNK):
-                    rows = await conn.execute(
-                        sa.select(
-                            devices.c.id,
-                            devices.c.tenant_id,
-                            devices.c.token,
-                            devices.c.app_id,
-                            devices.c.updated_at,
-                        ).where(devices.c.id.in_(chunk))
-                    )
-                    by_device.update((str(r.id), r) for r in rows)
-        claims = []
-        for r in sorted(claimed, key=lambda r: r.id):
-            device = by_device.get(r.endpoint)
-            if device is not None and device.tenant_id != r.tenant_id:
-                device = None
-            claims.append(
-                ports.Claimed(
-                    id=r.id,
-                    fence=r.fence,
-                    tenant_id=r.tenant_id,
-                    channel=str(channel),
-                    endpoint=r.endpoint,
-                    attempts=r.attempts,
-                    item=by_item[r.item_id],
-                    address=None if device is None else device.token,
-                    app_id=None if device is None else device.app_id,
-                    registered_at=None if device is None else device.updated_at,
-                )
+        notes = {
+            n.id: n
+            for n in await conn.execute(
+                sa.select(notifications).where(notifications.c.id.in_(sorted({r[1] for r in rows})))
             )
-        return claims
+        }
+        found: dict[int, InboxItem] = {}
+        for item_id, notification_id, status, user in rows:
+            note = notes[notification_id]
+            found[item_id] = InboxItem(
+                id=item_id,
+                notification_id=notification_id,
+                event_id=note.event_id,
+                user=user,
+                status=_STATUSES[status],
+                type=note.type,
+                title=note.title,
+                body=note.body,
+                data=note.data,
+                category=note.category,
+                group=note.group_key,
+                created_at=note.created_at,
+            )
+        return found
+
+    async def _devices_by_id(
+        self, conn: AsyncConnection, leased: Sequence[tuple[Any, ...]]
+    ) -> dict[str, Any]:
+        """Push deliveries name their device by id (`endpoint`): the device of each, if it
+        belongs to the delivery's tenant."""
+        tenants = {endpoint: tenant for _, _, tenant, _, endpoint, _ in leased}
+        ids = sorted({int(e) for e in tenants if e.isdigit()})
+        found: dict[str, Any] = {}
+        for where in self._among(devices.c.id, ids):
+            rows = await conn.execute(
+                sa.select(
+                    devices.c.id,
+                    devices.c.tenant_id,
+                    devices.c.token,
+                    devices.c.app_id,
+                    devices.c.status,
+                    devices.c.updated_at,
+                    devices.c["keys"],
+                ).where(where)
+            )
+            found.update((str(d.id), d) for d in rows if tenants.get(str(d.id)) == d.tenant_id)
+        return found
 
     async def complete_deliveries(
         self, completions: Sequence[ports.Completion], now: datetime
     ) -> list[int]:
+        """Apply outcomes set-based: a few statements per kind of outcome, whatever the
+        batch size, each move audited.
+
+        A completion counts only from the lease holder (same fence, still pending). Sent
+        deliveries move their items to `sent`; failed ones fail the items that have no other
+        delivery left; `TokenInvalid` on a push channel retires the device, unless it was
+        registered again after the delivery was claimed (its token may be alive again).
+        """
         if not completions:
             return []
         wanted = {c.delivery_id: c for c in completions}
-        applied: list[int] = []
         async with self._write() as conn:
-            rows = (
-                await conn.execute(
-                    self._locked(
-                        sa.select(
-                            deliveries.c.id,
-                            deliveries.c.fence,
-                            deliveries.c.status,
-                            deliveries.c.tenant_id,
-                            deliveries.c.item_id,
-                            deliveries.c.endpoint,
-                            deliveries.c.channel,
-                        ).where(deliveries.c.id.in_(list(wanted)))
-                    )
-                )
-            ).all()
-            # A completion counts only from the lease holder: same fence, still pending.
-            live = [
-                r for r in rows if r.fence == wanted[r.id].fence and r.status == str(Status.PENDING)
-            ]
-            for r in live:
-                completion = wanted[r.id]
-                outcome = completion.outcome
-                current = [(r.id, Status.PENDING)]
-                common = {"lease_expires_at": None}
-                if isinstance(outcome, outcomes.Delivered):
-                    await self._move(
-                        conn,
-                        r.tenant_id,
-                        deliveries,
-                        Subject.DELIVERY,
-                        current,
-                        Status.SENT,
-                        cause=r.channel,
-                        now=now,
-                        extra={**common, "reference": outcome.reference},
-                    )
-                    await self._move(
-                        conn,
-                        r.tenant_id,
-                        inbox_items,
-                        Subject.ITEM,
-                        [(r.item_id, await self._status_of(conn, r.item_id))],
-                        Status.SENT,
-                        cause=r.channel,
-                        now=now,
-                    )
-                elif isinstance(outcome, outcomes.RetryLater | outcomes.AuthFailed):
+            rows: list[tuple[int, int, str, str, int, str, str]] = []
+            for where in self._among(deliveries.c.id, sorted(wanted)):
+                rows += (
                     await conn.execute(
-                        deliveries.update()
-                        .where(deliveries.c.id == r.id)
-                        .values(
-                            next_attempt_at=completion.retry_at or now,
-                            error=outcome.reason[:500],
-                            updated_at=now,
-                            **common,
-                        )
-                    )
-                else:
-                    await self._move(
-                        conn,
-                        r.tenant_id,
-                        deliveries,
-                        Subject.DELIVERY,
-                        current,
-                        Status.FAILED,
-                        cause=outcome.reason[:64],
-                        now=now,
-                        extra={**common, "error": outcome.reason[:500]},
-                    )
-                    if isinstance(outcome, outcomes.TokenInvalid) and r.channel in _PUSH_PROVIDERS:
-                        await conn.execute(
-                            devices.update()
-                            .where(devices.c.id == int(r.endpoint), devices.c.status == "active")
-                            .values(
-                                status="retired",
-                                retired_at=now,
-                                retired_reason=outcome.reason[:200],
-                                updated_at=now,
+                        self._locked(
+                            sa.select(
+                                deliveries.c.id,
+                                deliveries.c.fence,
+                                deliveries.c.status,
+                                deliveries.c.tenant_id,
+                                deliveries.c.item_id,
+                                deliveries.c.endpoint,
+                                deliveries.c.channel,
                             )
+                            .where(where)
+                            .order_by(deliveries.c.id)
                         )
-                    await self._fail_item_if_unreachable(conn, r.tenant_id, r.item_id, now)
-                applied.append(r.id)
+                    )
+                ).all()
+            sent: list[tuple[int, str | None]] = []
+            items_sent: dict[int, tuple[str, str]] = {}
+            retry: list[tuple[int, datetime, str]] = []
+            failing: list[_Failing] = []
+            retiring: list[tuple[int, int, str, str]] = []
+            applied: list[int] = []
+            pending = str(Status.PENDING)
+            for delivery_id, fence, status, tenant_id, item_id, endpoint, channel in rows:
+                completion = wanted[delivery_id]
+                # A completion counts only from the lease holder: same fence, still pending.
+                if fence != completion.fence or status != pending:
+                    continue
+                applied.append(delivery_id)
+                outcome = completion.outcome
+                if isinstance(outcome, outcomes.Delivered):
+                    sent.append((delivery_id, outcome.reference))
+                    items_sent[item_id] = (tenant_id, channel)
+                elif isinstance(outcome, outcomes.RetryLater | outcomes.AuthFailed):
+                    retry.append((delivery_id, completion.retry_at or now, outcome.reason))
+                else:
+                    reason = outcome.reason
+                    failing.append(_Failing(delivery_id, tenant_id, item_id, reason, reason))
+                    dead_token = isinstance(outcome, outcomes.TokenInvalid)
+                    if dead_token and channel in _PUSH_PROVIDERS and endpoint.isdigit():
+                        retiring.append((delivery_id, int(endpoint), tenant_id, reason))
+            # Before the failures: it reads when each delivery was claimed (`updated_at`).
+            await self._retire_devices(conn, retiring, now)
+            await self._send_deliveries(conn, sent, items_sent, now)
+            await self._retry_deliveries(conn, retry, now)
+            await self._fail_deliveries(conn, failing, now)
         return applied
 
-    async def _status_of(self, conn: AsyncConnection, item_id: int) -> Status:
-        status = await conn.scalar(
-            sa.select(inbox_items.c.status).where(inbox_items.c.id == item_id)
-        )
-        return Status(str(status))
-
-    async def _fail_item_if_unreachable(
-        self, conn: AsyncConnection, tenant_id: str, item_id: int, now: datetime
+    async def _send_deliveries(
+        self,
+        conn: AsyncConnection,
+        sent: Sequence[tuple[int, str | None]],
+        items: dict[int, tuple[str, str]],
+        now: datetime,
     ) -> None:
-        """An item fails when every delivery of it has failed; one still open keeps it alive."""
-        open_left = await conn.scalar(
-            sa.select(sa.func.count()).where(
-                deliveries.c.item_id == item_id, deliveries.c.status != str(Status.FAILED)
+        """Deliveries `pending → sent` with their provider references, then their items."""
+        if not sent:
+            return
+        rows = self._per_row(
+            id=(sa.BigInteger, [i for i, _ in sent]),
+            reference=(sa.String, [ref for _, ref in sent]),
+        )
+        await conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == rows["id"], _may_become(deliveries, Status.SENT))
+            .values(
+                status=str(Status.SENT),
+                sent_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                reference=rows["reference"],
             )
         )
-        if not open_left:
-            await self._move(
-                conn,
-                tenant_id,
-                inbox_items,
-                Subject.ITEM,
-                [(item_id, await self._status_of(conn, item_id))],
-                Status.FAILED,
-                cause="unreachable",
-                now=now,
+        await self._audit_deliveries(
+            conn, [i for i, _ in sent], Status.SENT, deliveries.c.channel, now
+        )
+        await self._move_items(conn, items, Status.SENT, now)
+
+    async def _retry_deliveries(
+        self, conn: AsyncConnection, retry: Sequence[tuple[int, datetime, str]], now: datetime
+    ) -> None:
+        """Deliveries stay `pending`, due again at their own time, with the reason kept."""
+        if not retry:
+            return
+        rows = self._per_row(
+            id=(sa.BigInteger, [i for i, _, _ in retry]),
+            due=(UtcNow, [at for _, at, _ in retry]),
+            error=(sa.String, [reason[:500] for _, _, reason in retry]),
+        )
+        await conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == rows["id"], deliveries.c.status == str(Status.PENDING))
+            .values(
+                next_attempt_at=rows["due"],
+                error=rows["error"],
+                updated_at=now,
+                lease_expires_at=None,
             )
+        )
+
+    async def _fail_deliveries(
+        self, conn: AsyncConnection, failing: Sequence[_Failing], now: datetime
+    ) -> None:
+        """Deliveries `pending → failed` with their reasons; then the items that have no
+        delivery left that did not fail."""
+        if not failing:
+            return
+        rows = self._per_row(
+            id=(sa.BigInteger, [f.delivery_id for f in failing]),
+            error=(sa.String, [f.error[:500] for f in failing]),
+        )
+        await conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == rows["id"], _may_become(deliveries, Status.FAILED))
+            .values(
+                status=str(Status.FAILED),
+                failed_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                error=rows["error"],
+            )
+        )
+        by_cause: dict[str, list[int]] = {}
+        for f in failing:
+            by_cause.setdefault(f.cause[:64], []).append(f.delivery_id)
+        for cause, ids in by_cause.items():
+            await self._audit_deliveries(conn, ids, Status.FAILED, sa.literal(cause), now)
+        tenants = {f.item_id: f.tenant_id for f in failing}
+        open_left = sa.exists().where(
+            deliveries.c.item_id == inbox_items.c.id,
+            deliveries.c.status != str(Status.FAILED),
+        )
+        unreachable: dict[int, tuple[str, str]] = {}
+        for where in self._among(inbox_items.c.id, sorted(tenants)):
+            found = await conn.execute(sa.select(inbox_items.c.id).where(where, ~open_left))
+            unreachable.update((i, (tenants[i], "unreachable")) for i in found.scalars())
+        await self._move_items(conn, unreachable, Status.FAILED, now)
+
+    async def _retire_devices(
+        self, conn: AsyncConnection, retiring: Sequence[tuple[int, int, str, str]], now: datetime
+    ) -> None:
+        """Retire the devices whose token the provider declared dead, unless registered again
+        since their delivery was claimed (the claim set the delivery's `updated_at`)."""
+        if not retiring:
+            return
+        rows = self._per_row(
+            delivery=(sa.BigInteger, [d for d, _, _, _ in retiring]),
+            device=(sa.BigInteger, [i for _, i, _, _ in retiring]),
+            tenant=(sa.String, [t for _, _, t, _ in retiring]),
+            reason=(sa.String, [reason[:200] for _, _, _, reason in retiring]),
+        )
+        claimed_at = (
+            sa.select(deliveries.c.updated_at)
+            .where(deliveries.c.id == rows["delivery"])
+            .scalar_subquery()
+        )
+        await conn.execute(
+            devices.update()
+            .where(
+                devices.c.id == rows["device"],
+                devices.c.tenant_id == rows["tenant"],
+                devices.c.status == "active",
+                devices.c.updated_at <= claimed_at,
+            )
+            .values(status="retired", retired_at=now, retired_reason=rows["reason"], updated_at=now)
+        )
+
+    async def _move_items(
+        self,
+        conn: AsyncConnection,
+        causes: dict[int, tuple[str, str]],
+        target: Status,
+        now: datetime,
+    ) -> None:
+        """Move the items (id → tenant, cause) that may move to `target`, set-based, and audit
+        each move with the status it left (read under lock before the update)."""
+        if not causes:
+            return
+        guard = [str(s) for s in sources_of(target)]
+        moving: dict[tuple[str, str], list[int]] = {}
+        for where in self._among(inbox_items.c.id, sorted(causes)):
+            rows = await conn.execute(
+                self._locked(
+                    sa.select(inbox_items.c.id, inbox_items.c.status)
+                    .where(where, inbox_items.c.status.in_(guard))
+                    .order_by(inbox_items.c.id)
+                )
+            )
+            for item_id, source in rows:
+                moving.setdefault((source, causes[item_id][1]), []).append(item_id)
+        values: dict[str, Any] = {"status": str(target)}
+        stamp = timestamp_field(target)
+        if stamp is not None:
+            values[stamp] = now
+        for (source, cause), ids in moving.items():
+            for where in self._among(inbox_items.c.id, ids):
+                await conn.execute(
+                    inbox_items.update()
+                    .where(where, inbox_items.c.status == source)
+                    .values(**values)
+                )
+                await conn.execute(
+                    transitions.insert().from_select(
+                        ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                        sa.select(
+                            inbox_items.c.tenant_id,
+                            sa.literal(str(Subject.ITEM)),
+                            inbox_items.c.id,
+                            sa.literal(source),
+                            sa.literal(str(target)),
+                            sa.literal(cause),
+                            sa.literal(now, UtcNow),
+                        ).where(where),
+                    )
+                )
+
+    async def _audit_deliveries(
+        self,
+        conn: AsyncConnection,
+        ids: Sequence[int],
+        target: Status,
+        cause: sa.ColumnElement[Any],
+        now: datetime,
+    ) -> None:
+        """Audit deliveries that just moved `pending → target`, straight from their rows."""
+        for where in self._among(deliveries.c.id, ids):
+            await conn.execute(
+                transitions.insert().from_select(
+                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                    sa.select(
+                        deliveries.c.tenant_id,
+                        sa.literal(str(Subject.DELIVERY)),
+                        deliveries.c.id,
+                        sa.literal(str(Status.PENDING)),
+                        sa.literal(str(target)),
+                        cause,
+                        sa.literal(now, UtcNow),
+                    ).where(where),
+                )
+            )
+
+    def _among(self, column: sa.ColumnElement[Any], ids: Sequence[int]) -> Iterable[Any]:
+        """`column` among `ids`: one ``= ANY(:array)`` on PostgreSQL (one parameter however
+        many ids), ``IN`` lists of at most `_CHUNK` on SQLite."""
+        if not ids:
+            return
+        if self._dialect == "postgresql":
+            yield column == sa.any_(
+                sa.bindparam(None, list(ids), type_=postgresql.ARRAY(sa.BigInteger))
+            )
+            return
+        for chunk in _chunks(ids, _CHUNK):
+            yield column.in_(chunk)
+
+    def _per_row(self, **columns: tuple[Any, Sequence[Any]]) -> dict[str, Any]:
+        """Values that differ per row of one set-based UPDATE, as columns of a table the
+        statement joins (``UPDATE ... FROM``): one statement, one parameter per column on
+        PostgreSQL (``unnest`` of arrays), one parameter in all on SQLite (``json_each`` of a
+        JSON array of rows, parsed in C)."""
+        columns = {n: (to_instance(t), values) for n, (t, values) in columns.items()}
+        names = list(columns)
+        if self._dialect == "postgresql":
+            arrays = [
+                sa.bindparam(None, [_aware(v) for v in values], type_=postgresql.ARRAY(_plain(t)))
+                for t, values in columns.values()
+            ]
+            table = (
+                sa.func.unnest(*arrays)
+                .table_valued(*(sa.column(n, _plain(columns[n][0])) for n in names))
+                .render_derived(name="v")
+            )
+            return {n: table.c[n] for n in names}
+        dialect = self._engine.dialect
+        binders = [t.dialect_impl(dialect).bind_processor(dialect) for t, _ in columns.values()]
+        converted = [
+            values if bind is None else [bind(v) for v in values]
+            for bind, (_, values) in zip(binders, columns.values(), strict=True)
+        ]
+        payload = json.dumps(list(zip(*converted, strict=True)))
+        rows = sa.func.json_each(sa.bindparam(None, payload)).table_valued("value").alias("v")
+        return {
+            n: sa.type_coerce(rows.c.value.op("->>")(sa.literal_column(f"'$[{k}]'")), t)
+            for k, (n, (t, _)) in enumerate(columns.items())
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Failing:
+    """A delivery to fail: why (its `error`) and the audit entry's cause."""
+
+    delivery_id: int
+    tenant_id: str
+    item_id: int
+    error: str
+    cause: str
+
+
+_STATUSES = {str(s): s for s in Status}
+
+
+def _may_become(table: sa.Table, target: Status) -> sa.ColumnElement[bool]:
+    """The status guard of a move to `target`: `table.status` among `sources_of(target)`."""
+    return sa.or_(*(table.c.status == str(s) for s in sorted(sources_of(target))))
+
+
+def _plain(kind: Any) -> Any:
+    """The type a PostgreSQL array of `kind` is bound as (asyncpg binds aware datetimes)."""
+    return sa.DateTime(timezone=True) if isinstance(kind, sa.TypeDecorator) else kind
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
