@@ -40,14 +40,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
-import http.client
 import json
 import os
 import resource
 import shutil
-import signal
 import ssl
 import statistics
 import subprocess
@@ -68,6 +65,7 @@ from clarion.domain.notifications import InboxItem
 from clarion.domain.outcomes import Delivered
 from clarion.domain.records import Claimed, Credential, CredentialInfo
 from clarion.domain.statuses import Status
+from common import CLIENT_CPU, EmulatorProcess, pin_client, port_of
 
 TEAM = "TEAM123456"
 KID = "KEY1234567"
@@ -77,9 +75,6 @@ BODY = "A benchmark notification body of ordinary length."
 GROUP = "g1"
 CATEGORY = "news"
 DATA = {"k": "v"}
-CLIENT_CPU = 0
-EMULATOR_CPU = 1
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -110,64 +105,19 @@ def token_of(n: int) -> str:
 # -- the emulator process ------------------------------------------------------------------------
 
 
-class Emulator:
+class Emulator(EmulatorProcess):
     """``clarion emulate apns`` in a child process, with its ports read from its output."""
 
     def __init__(self, *, tls: bool, cert_out: Path | None) -> None:
-        command = [sys.executable, "-m", "clarion", "emulate", "apns"]
-        command += ["--port", "0", "--control-port", "0", "--latency-ms", "0"]
-        command += ["--tls" if tls else "--h2c"]
+        options = ["--port", "0", "--control-port", "0", "--latency-ms", "0"]
+        options += ["--tls" if tls else "--h2c"]
         if cert_out is not None:
-            command += ["--cert-out", str(cert_out)]
-        self.pinned = shutil.which("taskset") is not None
-        if self.pinned:
-            command = ["taskset", "-c", str(EMULATOR_CPU), *command]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        self.port = self.control_port = 0
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("APNs emulator:"):
-                self.port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-            elif line.startswith("control API:"):
-                self.control_port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-                break
-        if not self.port or not self.control_port:
-            self.stop()
-            raise RuntimeError("the emulator did not start")
-
-    def control(self, method: str, path: str, body: Any = None) -> Any:
-        connection = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=120)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            connection.request(method, path, body=data, headers={"connection": "close"})
-            response = connection.getresponse()
-            answer = json.loads(response.read())
-            if response.status >= 300:
-                raise RuntimeError(f"{method} {path}: {response.status} {answer}")
-            return answer
-        finally:
-            connection.close()
-
-    def cleared(self) -> int:
-        """Forget what was received (and every attempt); how many pushes were received."""
-        count = int(self.control("DELETE", "/control/received")["cleared"])
-        self.control("DELETE", "/control/attempts")
-        return count
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            options += ["--cert-out", str(cert_out)]
+        super().__init__("apns", options)
+        said = self.line("APNs emulator:")
+        self.port = port_of(said) if said else 0
+        if not self.port:
+            self.failed()
 
 
 # -- the two clients -----------------------------------------------------------------------------
@@ -433,8 +383,7 @@ def ratios(results: dict[str, list[Phase]]) -> dict[str, dict[str, list[float]]]
 
 
 async def bench(args: Any) -> None:
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setaffinity(0, {CLIENT_CPU})
+    pin_client()
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -36,15 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import http.client
 import json
 import os
-import shutil
-import signal
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,14 +55,12 @@ from clarion.domain.notifications import InboxItem
 from clarion.domain.outcomes import Delivered
 from clarion.domain.records import Claimed, Credential, CredentialInfo
 from clarion.domain.statuses import Status
+from common import CLIENT_CPU, EmulatorProcess, pin_client
 
 PROJECT = "clarion-bench"
 TITLE = "Hello"
 BODY = "A benchmark notification body of ordinary length."
 DATA = {"k": "v"}
-CLIENT_CPU = 0
-EMULATOR_CPU = 1
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NO_QUOTA = 1_000_000_000
 
 
@@ -97,63 +90,17 @@ def token_of(n: int) -> str:
 # -- the emulator process ------------------------------------------------------------------------
 
 
-class Emulator:
+class Emulator(EmulatorProcess):
     """``clarion emulate fcm`` in a child process, with its ports read from its output."""
 
     def __init__(self, *, cert_out: Path) -> None:
-        command = [sys.executable, "-m", "clarion", "emulate", "fcm"]
-        command += ["--port", "0", "--control-port", "0", "--latency-ms", "0", "--tls"]
-        command += ["--quota-per-minute", str(NO_QUOTA), "--cert-out", str(cert_out)]
-        self.pinned = shutil.which("taskset") is not None
-        if self.pinned:
-            command = ["taskset", "-c", str(EMULATOR_CPU), *command]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        self.base_url = ""
-        self.control_port = 0
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("FCM emulator:"):
-                self.base_url = line.split(": ", 1)[1].split("/v1/", 1)[0].strip()
-            elif line.startswith("control API:"):
-                self.control_port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-                break
-        if not self.base_url or not self.control_port:
-            self.stop()
-            raise RuntimeError("the emulator did not start")
-
-    def control(self, method: str, path: str, body: Any = None) -> Any:
-        connection = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=120)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            connection.request(method, path, body=data, headers={"connection": "close"})
-            response = connection.getresponse()
-            answer = json.loads(response.read())
-            if response.status >= 300:
-                raise RuntimeError(f"{method} {path}: {response.status} {answer}")
-            return answer
-        finally:
-            connection.close()
-
-    def cleared(self) -> int:
-        """Forget what was received (and every attempt); how many messages were received."""
-        count = int(self.control("DELETE", "/control/received")["cleared"])
-        self.control("DELETE", "/control/attempts")
-        return count
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        options = ["--port", "0", "--control-port", "0", "--latency-ms", "0", "--tls"]
+        options += ["--quota-per-minute", str(NO_QUOTA), "--cert-out", str(cert_out)]
+        super().__init__("fcm", options)
+        said = self.line("FCM emulator:")
+        self.base_url = said.split(": ", 1)[1].split("/v1/", 1)[0].strip() if said else ""
+        if not self.base_url:
+            self.failed()
 
 
 # -- the two clients -----------------------------------------------------------------------------
@@ -319,8 +266,7 @@ HEADER = (
 
 
 async def bench(args: Any) -> None:
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setaffinity(0, {CLIENT_CPU})
+    pin_client()
     names = ["clarion", "firebase-admin"]
     results: dict[str, list[Phase]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:

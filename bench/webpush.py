@@ -33,14 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
-import shutil
-import signal
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,13 +57,11 @@ from clarion.domain.outcomes import Delivered
 from clarion.domain.records import Claimed, Credential, CredentialInfo
 from clarion.domain.statuses import Status
 from clarion.wire.webhooks import parse_networks
+from common import CLIENT_CPU, EmulatorProcess
 
 SUBJECT = "mailto:bench@example.com"
 TTL = 86_400
-CLIENT_CPU = 0
-EMULATOR_CPU = 1
 CONNECTIONS = 64
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -87,58 +81,16 @@ class Phase:
         return self.messages / self.cpu_s
 
 
-class Emulator:
+class Emulator(EmulatorProcess):
     """``clarion emulate webpush`` in a child process, with its ports read from its output."""
 
+    control_timeout = 300.0
+    received_path = "/control/messages"
+
     def __init__(self, cert_out: Path) -> None:
-        command = [sys.executable, "-m", "clarion", "emulate", "webpush"]
-        command += ["--port", "0", "--control-port", "0", "--cert-out", str(cert_out)]
-        self.pinned = shutil.which("taskset") is not None
-        if self.pinned:
-            command = ["taskset", "-c", str(EMULATOR_CPU), *command]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        super().__init__(
+            "webpush", ["--port", "0", "--control-port", "0", "--cert-out", str(cert_out)]
         )
-        self.control_port = 0
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("control API:"):
-                self.control_port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-                break
-        if not self.control_port:
-            self.stop()
-            raise RuntimeError("the emulator did not start")
-
-    def control(self, method: str, path: str, body: Any = None) -> Any:
-        connection = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=300)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            connection.request(method, path, body=data, headers={"connection": "close"})
-            response = connection.getresponse()
-            answer = json.loads(response.read())
-            if response.status >= 300:
-                raise RuntimeError(f"{method} {path}: {response.status} {answer}")
-            return answer
-        finally:
-            connection.close()
-
-    def cleared(self) -> int:
-        count = int(self.control("DELETE", "/control/messages")["cleared"])
-        self.control("DELETE", "/control/attempts")
-        return count
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def claimed(n: int, subscription: dict[str, Any], now: datetime) -> Claimed:

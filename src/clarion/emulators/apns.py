@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import hashlib
-import ipaddress
 import itertools
 import json
 import re
 import ssl
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -33,9 +30,17 @@ import h2.exceptions
 import h2.settings
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from clarion.emulators.common import (
+    Emulator,
+    bound_port,
+    check_certificate_files,
+    load_cert_chain,
+    self_signed_certificate,
+)
 
 Clock = Callable[[], float]
 """Seconds since the UNIX epoch; injectable so tests can age tokens and end outage windows."""
@@ -196,7 +201,7 @@ class ControlError(Exception):
         self.message = message
 
 
-class ApnsEmulator:
+class ApnsEmulator(Emulator):
     """Run with ``await start()`` / ``await stop()`` (or ``run(stop)``); ports are read back from
     ``port`` and ``control_port`` (pass 0 for ephemeral ones)."""
 
@@ -214,8 +219,7 @@ class ApnsEmulator:
     ) -> None:
         if environment not in {"sandbox", "production"}:
             raise ValueError("environment is 'sandbox' or 'production'")
-        if (cert_file is None) != (key_file is None):
-            raise ValueError("give both cert_file and key_file, or neither")
+        check_certificate_files(cert_file, key_file)
         self.host = host
         self.tls = tls
         self.environment = environment
@@ -260,31 +264,13 @@ class ApnsEmulator:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(server.wait_closed(), 2)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-
     @property
     def port(self) -> int:
-        return self._bound_port(self._push_server)
+        return bound_port(self._push_server)
 
     @property
     def control_port(self) -> int:
-        return self._bound_port(self._control_server)
-
-    @property
-    def certificate_pem(self) -> bytes | None:
-        """The served certificate (generated at start unless files were given); trust it."""
-        return self._certificate_pem
-
-    @staticmethod
-    def _bound_port(server: asyncio.Server | None) -> int:
-        if server is None:
-            raise RuntimeError("the emulator is not started")
-        return int(server.sockets[0].getsockname()[1])
+        return bound_port(self._control_server)
 
     # -- programmatic control (the control API calls these) ----------------------------------
 
@@ -401,11 +387,7 @@ class ApnsEmulator:
             self._certificate_pem = self._cert_file.read_bytes()
             return context
         certificate, key = self_signed_certificate(self.host)
-        with tempfile.TemporaryDirectory(prefix="clarion-apns-") as directory:
-            cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
-            cert_path.write_bytes(certificate)
-            key_path.write_bytes(key)
-            context.load_cert_chain(cert_path, key_path)
+        load_cert_chain(context, certificate, key)
         self._certificate_pem = certificate
         return context
 
@@ -1026,60 +1008,3 @@ def _der_items(data: bytes) -> list[tuple[int, bytes]]:
         items.append((tag, data[at : at + length]))
         at += length
     return items
-
-
-def self_signed_certificate(host: str = "127.0.0.1") -> tuple[bytes, bytes]:
-    """A P-256 self-signed server certificate for `host`, localhost, 127.0.0.1 and ::1, as
-    (certificate PEM, private key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("::1")),
-    ]
-    if host not in {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", ""}:  # noqa: S104
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Clarion APNs emulator")])
-    # The certificate's validity is about the real TLS handshake, so it uses the real time.
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        certificate.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )

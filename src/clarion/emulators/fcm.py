@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import itertools
 import json
 import math
 import re
 import secrets
 import ssl
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -44,9 +41,16 @@ import h2.events
 import h2.exceptions
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from clarion.emulators.common import (
+    Emulator,
+    bound_port,
+    check_certificate_files,
+    load_cert_chain,
+    self_signed_certificate,
+)
 
 Clock = Callable[[], float]
 """Seconds since the UNIX epoch; injectable so tests can expire tokens and end windows."""
@@ -246,7 +250,7 @@ class _Rejected(Exception):
         self.response = response
 
 
-class FcmEmulator:
+class FcmEmulator(Emulator):
     """Run with ``await start()`` / ``await stop()`` (or ``run(stop)``); ports are read back from
     ``port`` and ``control_port`` (pass 0 for ephemeral ones)."""
 
@@ -263,8 +267,7 @@ class FcmEmulator:
         quota_per_minute: int = DEFAULT_QUOTA_PER_MINUTE,
         registered_only: bool = False,
     ) -> None:
-        if (cert_file is None) != (key_file is None):
-            raise ValueError("give both cert_file and key_file, or neither")
+        check_certificate_files(cert_file, key_file)
         self.host = host
         self.tls = tls
         self.latency_ms = 0.0
@@ -314,20 +317,13 @@ class FcmEmulator:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(server.wait_closed(), 2)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-
     @property
     def port(self) -> int:
-        return _bound_port(self._server)
+        return bound_port(self._server)
 
     @property
     def control_port(self) -> int:
-        return _bound_port(self._control_server)
+        return bound_port(self._control_server)
 
     @property
     def base_url(self) -> str:
@@ -340,11 +336,6 @@ class FcmEmulator:
     def token_url(self) -> str:
         """The OAuth token endpoint, for a service account's ``token_uri``."""
         return self.base_url + TOKEN_PATH
-
-    @property
-    def certificate_pem(self) -> bytes | None:
-        """The served certificate (generated at start unless files were given); trust it."""
-        return self._certificate_pem
 
     # -- programmatic control (the control API calls these) ----------------------------------
 
@@ -518,12 +509,8 @@ class FcmEmulator:
             context.load_cert_chain(self._cert_file, self._key_file)
             self._certificate_pem = self._cert_file.read_bytes()
             return context
-        certificate, key = self_signed_certificate(self.host)
-        with tempfile.TemporaryDirectory(prefix="clarion-fcm-") as directory:
-            cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
-            cert_path.write_bytes(certificate)
-            key_path.write_bytes(key)
-            context.load_cert_chain(cert_path, key_path)
+        certificate, key = self_signed_certificate(self.host, "Clarion FCM emulator")
+        load_cert_chain(context, certificate, key)
         self._certificate_pem = certificate
         return context
 
@@ -1432,65 +1419,3 @@ def _rsa_public_key(pem: str) -> rsa.RSAPublicKey:
     if not isinstance(loaded, rsa.RSAPublicKey):
         raise ValueError("a service account's key is an RSA key")
     return loaded
-
-
-def _bound_port(server: asyncio.Server | None) -> int:
-    if server is None:
-        raise RuntimeError("the emulator is not started")
-    return int(server.sockets[0].getsockname()[1])
-
-
-def self_signed_certificate(host: str = "127.0.0.1") -> tuple[bytes, bytes]:
-    """A P-256 self-signed server certificate for `host`, localhost, 127.0.0.1 and ::1, as
-    (certificate PEM, private key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("::1")),
-    ]
-    if host not in {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", ""}:  # noqa: S104
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Clarion FCM emulator")])
-    now = datetime.datetime.now(datetime.UTC)  # about the real TLS handshake: real time
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        certificate.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 server on asyncio and h11, shared by the Web Push and WNS emulators.
+"""A small HTTP/1.1 server on asyncio and h11, shared by the HTTP/1.1 emulators.
 
 Keep-alive, Content-Length and chunked bodies (h11 parses both), TLS when given a context. Each
 request is handed to an async handler as a `Request`; its `Response` is written back. It runs
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import ssl
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
+
+from clarion.emulators.common import (
+    Emulator,
+    certificate_pair,
+    check_certificate_files,
+    load_cert_chain,
+)
 
 MAX_BODY_BYTES = 1_048_576
 """What the server keeps of a body; larger ones are counted (``size``), not stored."""
@@ -212,9 +218,55 @@ def server_context(certificate_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
-    with tempfile.TemporaryDirectory(prefix="clarion-emulator-") as directory:
-        cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
-        cert_path.write_bytes(certificate_pem)
-        key_path.write_bytes(key_pem)
-        context.load_cert_chain(cert_path, key_path)
+    load_cert_chain(context, certificate_pem, key_pem)
     return context
+
+
+def http_origin(tls: bool, host: str, port: int) -> str:
+    """``scheme://host[:port]``, the port left out where it is the scheme's default."""
+    scheme, default = ("https", 443) if tls else ("http", 80)
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" if port == default else f"{scheme}://{host}:{port}"
+
+
+class HttpEmulator(Emulator):
+    """An emulator on two `HttpServer`s: its service (TLS unless ``tls`` is false) and its plain
+    HTTP control API. Subclasses call `_listen` at the end of ``__init__``."""
+
+    def _listen(
+        self,
+        serve: Handler,
+        serve_control: Handler,
+        *,
+        host: str,
+        port: int,
+        control_port: int,
+        tls: bool,
+        cert_file: Path | None,
+        key_file: Path | None,
+        cert_host: str,
+    ) -> None:
+        check_certificate_files(cert_file, key_file)
+        context = None
+        if tls:
+            certificate, key = certificate_pair(cert_file, key_file, cert_host)
+            self._certificate_pem = certificate
+            context = server_context(certificate, key)
+        self._server = HttpServer(serve, host=host, port=port, ssl_context=context)
+        self._control = HttpServer(serve_control, host=host, port=control_port)
+
+    async def start(self) -> None:
+        await self._server.start()
+        await self._control.start()
+
+    async def stop(self) -> None:
+        await self._server.stop()
+        await self._control.stop()
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def control_port(self) -> int:
+        return self._control.port

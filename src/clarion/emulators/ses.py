@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from clarion.emulators.apns import self_signed_certificate
 from clarion.emulators.http1 import (
     ControlError,
-    HttpServer,
+    HttpEmulator,
     Request,
     Response,
     json_body,
-    server_context,
 )
 
 Clock = Callable[[], float]
@@ -81,7 +79,7 @@ class AwsError(Exception):
         self.message = message
 
 
-class SesEmulator:
+class SesEmulator(HttpEmulator):
     """Run with ``await start()`` / ``await stop()`` (or ``run(stop)``).
 
     Args:
@@ -103,8 +101,6 @@ class SesEmulator:
         key_file: Path | None = None,
         clock: Clock = system_clock,
     ) -> None:
-        if (cert_file is None) != (key_file is None):
-            raise ValueError("give both cert_file and key_file, or neither")
         self.host = host
         self.region = region
         self.tls = tls
@@ -118,44 +114,17 @@ class SesEmulator:
         self._errors: list[ScriptedError] = []
         self._recent: deque[float] = deque()
         self._ids = itertools.count(1)
-        self._certificate_pem: bytes | None = None
-        context = None
-        if tls:
-            if cert_file is not None and key_file is not None:
-                certificate, key = cert_file.read_bytes(), key_file.read_bytes()
-            else:
-                certificate, key = self_signed_certificate(host)
-            self._certificate_pem = certificate
-            context = server_context(certificate, key)
-        self._server = HttpServer(self._serve, host=host, port=port, ssl_context=context)
-        self._control = HttpServer(self._serve_control, host=host, port=control_port)
-
-    async def start(self) -> None:
-        await self._server.start()
-        await self._control.start()
-
-    async def stop(self) -> None:
-        await self._server.stop()
-        await self._control.stop()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._server.port
-
-    @property
-    def control_port(self) -> int:
-        return self._control.port
-
-    @property
-    def certificate_pem(self) -> bytes | None:
-        return self._certificate_pem
+        self._listen(
+            self._serve,
+            self._serve_control,
+            host=host,
+            port=port,
+            control_port=control_port,
+            tls=tls,
+            cert_file=cert_file,
+            key_file=key_file,
+            cert_host=host,
+        )
 
     @property
     def endpoint(self) -> str:

@@ -16,7 +16,6 @@ import email.policy
 import itertools
 import secrets
 import ssl
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +25,12 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from clarion.emulators.apns import self_signed_certificate
+from clarion.emulators.common import (
+    Emulator,
+    certificate_pair,
+    check_certificate_files,
+    load_cert_chain,
+)
 from clarion.emulators.http1 import ControlError, HttpServer, Request, Response, json_body
 
 Clock = Callable[[], float]
@@ -53,7 +57,7 @@ class ScriptedReply:
     id: int = 0
 
 
-class SmtpEmulator:
+class SmtpEmulator(Emulator):
     """Run with ``await start()`` / ``await stop()`` (or ``run(stop)``).
 
     Args:
@@ -79,8 +83,7 @@ class SmtpEmulator:
     ) -> None:
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError("tls is starttls, implicit or none")
-        if (cert_file is None) != (key_file is None):
-            raise ValueError("give both cert_file and key_file, or neither")
+        check_certificate_files(cert_file, key_file)
         if require_tls and tls != "starttls":
             raise ValueError("require_tls goes with tls='starttls'")
         self.host = host
@@ -99,10 +102,7 @@ class SmtpEmulator:
         self._certificate_pem: bytes | None = None
         self._context: ssl.SSLContext | None = None
         if tls != "none":
-            if cert_file is not None and key_file is not None:
-                certificate, key = cert_file.read_bytes(), key_file.read_bytes()
-            else:
-                certificate, key = self_signed_certificate(host)
+            certificate, key = certificate_pair(cert_file, key_file, host)
             self._certificate_pem = certificate
             self._context = _tls_context(certificate, key)
         self._control = HttpServer(self._serve_control, host=host, port=control_port)
@@ -126,13 +126,6 @@ class SmtpEmulator:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
         await self._control.stop()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-
     @property
     def port(self) -> int:
         if self._server is None:
@@ -142,10 +135,6 @@ class SmtpEmulator:
     @property
     def control_port(self) -> int:
         return self._control.port
-
-    @property
-    def certificate_pem(self) -> bytes | None:
-        return self._certificate_pem
 
     # -- programmatic control --------------------------------------------------------------------
 
@@ -365,9 +354,5 @@ def _default_text(code: int) -> str:
 def _tls_context(certificate_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory(prefix="clarion-smtp-") as directory:
-        cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
-        cert_path.write_bytes(certificate_pem)
-        key_path.write_bytes(key_pem)
-        context.load_cert_chain(cert_path, key_path)
+    load_cert_chain(context, certificate_pem, key_pem)
     return context

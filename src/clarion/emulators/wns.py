@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from clarion.emulators.apns import self_signed_certificate
 from clarion.emulators.http1 import (
     ControlError,
-    HttpServer,
+    HttpEmulator,
     Request,
     Response,
+    http_origin,
     json_body,
-    server_context,
 )
 
 Clock = Callable[[], float]
@@ -91,7 +90,7 @@ class Rejection(Exception):
         self.headers = headers or []
 
 
-class WnsEmulator:
+class WnsEmulator(HttpEmulator):
     """Run with ``await start()`` / ``await stop()`` (or ``run(stop)``)."""
 
     def __init__(
@@ -106,8 +105,6 @@ class WnsEmulator:
         key_file: Path | None = None,
         clock: Clock = system_clock,
     ) -> None:
-        if (cert_file is None) != (key_file is None):
-            raise ValueError("give both cert_file and key_file, or neither")
         self.host = host
         self.tls = tls
         self.public_host = public_host or host
@@ -121,52 +118,21 @@ class WnsEmulator:
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (client_id, expires)
         self._outcomes: list[ScriptedOutcome] = []
         self._ids = itertools.count(1)
-        self._certificate_pem: bytes | None = None
-        context = None
-        if tls:
-            if cert_file is not None and key_file is not None:
-                certificate, key = cert_file.read_bytes(), key_file.read_bytes()
-            else:
-                certificate, key = self_signed_certificate(self.public_host)
-            self._certificate_pem = certificate
-            context = server_context(certificate, key)
-        self._server = HttpServer(self._serve, host=host, port=port, ssl_context=context)
-        self._control = HttpServer(self._serve_control, host=host, port=control_port)
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        await self._server.start()
-        await self._control.start()
-
-    async def stop(self) -> None:
-        await self._server.stop()
-        await self._control.stop()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._server.port
-
-    @property
-    def control_port(self) -> int:
-        return self._control.port
-
-    @property
-    def certificate_pem(self) -> bytes | None:
-        return self._certificate_pem
+        self._listen(
+            self._serve,
+            self._serve_control,
+            host=host,
+            port=port,
+            control_port=control_port,
+            tls=tls,
+            cert_file=cert_file,
+            key_file=key_file,
+            cert_host=self.public_host,
+        )
 
     @property
     def origin(self) -> str:
-        scheme, default = ("https", 443) if self.tls else ("http", 80)
-        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
+        return http_origin(self.tls, self.public_host, self.port)
 
     @property
     def token_url(self) -> str:

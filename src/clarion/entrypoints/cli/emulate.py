@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,27 +15,52 @@ app = typer.Typer(
     help="Run a local provider emulator (see docs/emulators.md).", no_args_is_help=True
 )
 
+ControlPort = Annotated[
+    int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
+]
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+PlainTls = Annotated[
+    bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
+]
+CertFile = Annotated[
+    Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
+]
+KeyFile = Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")]
+CertOut = Annotated[
+    Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
+]
+LatencyMs = Annotated[float, typer.Option(help="Delay before every answer.")]
+
+
+@contextlib.contextmanager
+def _starting(name: str) -> Iterator[None]:
+    """Turn a bad option or unreadable file while building the emulator into exit status 2."""
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        typer.echo(f"cannot start the {name} emulator: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _aligned(*rows: tuple[str, str]) -> list[str]:
+    width = max(len(label) for label, _ in rows) + 1
+    return [f"{label + ':':<{width}} {value}" for label, value in rows]
+
 
 @app.command("apns")
 def apns(
     port: Annotated[int, typer.Option(help="HTTP/2 push port (0 = any free port).")] = 2197,
-    control_port: Annotated[
-        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
-    ] = 2198,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    control_port: ControlPort = 2198,
+    host: Host = "127.0.0.1",
     tls: Annotated[
         bool,
         typer.Option(
             "--tls/--h2c", help="TLS with ALPN h2, or cleartext HTTP/2 (prior knowledge)."
         ),
     ] = True,
-    cert_file: Annotated[
-        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
-    ] = None,
-    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
-    cert_out: Annotated[
-        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
-    ] = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+    cert_out: CertOut = None,
     environment: Annotated[
         str, typer.Option(help="sandbox (answers carry apns-unique-id) or production.")
     ] = "sandbox",
@@ -42,12 +68,12 @@ def apns(
         list[str] | None,
         typer.Option(help="Register a signing key: TEAM_ID:KEY_ID:path/to/key.pem (repeatable)."),
     ] = None,
-    latency_ms: Annotated[float, typer.Option(help="Delay before every answer.")] = 0.0,
+    latency_ms: LatencyMs = 0.0,
 ) -> None:
     """Emulate the APNs provider API (token auth, header checks, stream limits, scripted faults)."""
     from clarion.emulators.apns import ApnsEmulator
 
-    try:
+    with _starting("APNs"):
         emulator = ApnsEmulator(
             host=host,
             port=port,
@@ -60,40 +86,43 @@ def apns(
         for spec in key or []:
             team_id, key_id, path = spec.split(":", 2)
             emulator.register_key(team_id, key_id, Path(path).read_text())
-    except (ValueError, OSError) as exc:
-        typer.echo(f"cannot start the APNs emulator: {exc}", err=True)
-        raise typer.Exit(2) from exc
     emulator.latency_ms = latency_ms
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await emulator.start()
-        scheme = "https" if tls else "h2c"
+    scheme = "https" if tls else "h2c"
+    _serve_until_signalled(
+        emulator,
+        cert_out,
+        lambda: [
+            ("APNs emulator", f"{scheme}://{host}:{emulator.port}/3/device/<token>"),
+            _control(host, emulator),
+        ],
+    )
+
+
+def _control(host: str, emulator: Any) -> tuple[str, str]:
+    return ("control API", f"http://{host}:{emulator.control_port}/control/")
+
+
+def _serve_until_signalled(
+    emulator: Any, cert_out: Path | None, rows: Callable[[], list[tuple[str, str]]]
+) -> None:
+    """Start `emulator`, write its certificate to `cert_out`, say where it listens (`rows`,
+    aligned), and serve until SIGINT or SIGTERM."""
+
+    def announce() -> None:
         if cert_out is not None and emulator.certificate_pem is not None:
             cert_out.write_bytes(emulator.certificate_pem)
             typer.echo(f"certificate written to {cert_out}")
-        typer.echo(f"APNs emulator: {scheme}://{host}:{emulator.port}/3/device/<token>")
-        typer.echo(f"control API:   http://{host}:{emulator.control_port}/control/")
-        try:
-            await stop.wait()
-        finally:
-            await emulator.stop()
+        for line in _aligned(*rows()):
+            typer.echo(line)
 
-    asyncio.run(main())
-
-
-def _serve_until_signalled(emulator: Any, lines: Callable[[], list[str]]) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await emulator.start()
-        for line in lines():
-            typer.echo(line)
+        announce()
         try:
             await stop.wait()
         finally:
@@ -105,29 +134,21 @@ def _serve_until_signalled(emulator: Any, lines: Callable[[], list[str]]) -> Non
 @app.command("webpush")
 def webpush(
     port: Annotated[int, typer.Option(help="Push service port (0 = any free port).")] = 8443,
-    control_port: Annotated[
-        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
-    ] = 8444,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    control_port: ControlPort = 8444,
+    host: Host = "127.0.0.1",
     public_host: Annotated[
         str | None, typer.Option(help="Host name in the endpoints handed out (default: --host).")
     ] = None,
-    tls: Annotated[
-        bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
-    ] = True,
-    cert_file: Annotated[
-        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
-    ] = None,
-    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
-    cert_out: Annotated[
-        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
-    ] = None,
-    latency_ms: Annotated[float, typer.Option(help="Delay before every answer.")] = 0.0,
+    tls: PlainTls = True,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+    cert_out: CertOut = None,
+    latency_ms: LatencyMs = 0.0,
 ) -> None:
     """Emulate a browser's Web Push service (VAPID checks, RFC 8291 decryption, scripted faults)."""
     from clarion.emulators.webpush import WebPushEmulator
 
-    try:
+    with _starting("Web Push"):
         emulator = WebPushEmulator(
             host=host,
             port=port,
@@ -137,55 +158,42 @@ def webpush(
             cert_file=cert_file,
             key_file=key_file,
         )
-    except (ValueError, OSError) as exc:
-        typer.echo(f"cannot start the Web Push emulator: {exc}", err=True)
-        raise typer.Exit(2) from exc
     emulator.latency_ms = latency_ms
 
-    def lines() -> list[str]:
-        said = []
-        if cert_out is not None and emulator.certificate_pem is not None:
-            cert_out.write_bytes(emulator.certificate_pem)
-            said.append(f"certificate written to {cert_out}")
-        said.append(f"Web Push emulator: {emulator.origin}/push/<subscription>")
-        said.append(f"control API:       http://{host}:{emulator.control_port}/control/")
-        return said
-
-    _serve_until_signalled(emulator, lines)
+    _serve_until_signalled(
+        emulator,
+        cert_out,
+        lambda: [
+            ("Web Push emulator", f"{emulator.origin}/push/<subscription>"),
+            _control(host, emulator),
+        ],
+    )
 
 
 @app.command("wns")
 def wns(
     port: Annotated[int, typer.Option(help="Token and channel port (0 = any free port).")] = 8445,
-    control_port: Annotated[
-        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
-    ] = 8446,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    control_port: ControlPort = 8446,
+    host: Host = "127.0.0.1",
     public_host: Annotated[
         str | None, typer.Option(help="Host name in the channel URIs handed out.")
     ] = None,
-    tls: Annotated[
-        bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
-    ] = True,
-    cert_file: Annotated[
-        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
-    ] = None,
-    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
-    cert_out: Annotated[
-        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
-    ] = None,
+    tls: PlainTls = True,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+    cert_out: CertOut = None,
     app_credentials: Annotated[
         list[str] | None,
         typer.Option(
             "--app", help="Register an app: PACKAGE_SID=SECRET (repeatable; split at the last =)."
         ),
     ] = None,
-    latency_ms: Annotated[float, typer.Option(help="Delay before every answer.")] = 0.0,
+    latency_ms: LatencyMs = 0.0,
 ) -> None:
     """Emulate WNS (OAuth token endpoint, channel URIs, X-WNS-* headers, scripted faults)."""
     from clarion.emulators.wns import WnsEmulator
 
-    try:
+    with _starting("WNS"):
         emulator = WnsEmulator(
             host=host,
             port=port,
@@ -200,23 +208,16 @@ def wns(
             if not sep or not sid:
                 raise ValueError(f"--app wants PACKAGE_SID=SECRET, got {spec!r}")
             emulator.register_app(sid, secret)
-    except (ValueError, OSError) as exc:
-        typer.echo(f"cannot start the WNS emulator: {exc}", err=True)
-        raise typer.Exit(2) from exc
     emulator.latency_ms = latency_ms
 
-    def lines() -> list[str]:
-        said = []
-        if cert_out is not None and emulator.certificate_pem is not None:
-            cert_out.write_bytes(emulator.certificate_pem)
-            said.append(f"certificate written to {cert_out}")
-        said.append(
-            f"WNS emulator: token {emulator.token_url}, channels {emulator.origin}/?token=…"
-        )
-        said.append(f"control API:  http://{host}:{emulator.control_port}/control/")
-        return said
-
-    _serve_until_signalled(emulator, lines)
+    _serve_until_signalled(
+        emulator,
+        cert_out,
+        lambda: [
+            ("WNS emulator", f"token {emulator.token_url}, channels {emulator.origin}/?token=…"),
+            _control(host, emulator),
+        ],
+    )
 
 
 @app.command("fcm")
@@ -224,10 +225,8 @@ def fcm(
     port: Annotated[
         int, typer.Option(help="HTTP/2 + HTTP/1.1 port: token and send (0 = any free port).")
     ] = 8447,
-    control_port: Annotated[
-        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
-    ] = 8448,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    control_port: ControlPort = 8448,
+    host: Host = "127.0.0.1",
     tls: Annotated[
         bool,
         typer.Option(
@@ -235,13 +234,9 @@ def fcm(
             help="TLS (ALPN h2 or http/1.1), or cleartext (h2c prior knowledge or HTTP/1.1).",
         ),
     ] = True,
-    cert_file: Annotated[
-        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
-    ] = None,
-    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
-    cert_out: Annotated[
-        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
-    ] = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+    cert_out: CertOut = None,
     service_account: Annotated[
         list[str] | None,
         typer.Option(
@@ -263,7 +258,7 @@ def fcm(
     from clarion.emulators.fcm import FcmEmulator
 
     accounts: list[tuple[str, Path]] = []
-    try:
+    with _starting("FCM"):
         emulator = FcmEmulator(
             host=host,
             port=port,
@@ -279,33 +274,20 @@ def fcm(
             if not sep or not project or not path:
                 raise ValueError(f"--service-account wants PROJECT_ID:path, got {spec!r}")
             accounts.append((project, Path(path)))
-    except (ValueError, OSError) as exc:
-        typer.echo(f"cannot start the FCM emulator: {exc}", err=True)
-        raise typer.Exit(2) from exc
     emulator.latency_ms = latency_ms
 
-    def lines() -> list[str]:
-        said = []
-        if cert_out is not None and emulator.certificate_pem is not None:
-            cert_out.write_bytes(emulator.certificate_pem)
-            said.append(f"certificate written to {cert_out}")
+    def rows() -> list[tuple[str, str]]:
         for project, path in accounts:
             path.write_text(json.dumps(emulator.create_service_account(project), indent=2))
             path.chmod(0o600)
-            said.append(f"service account of {project} written to {path}")
-        said.append(f"FCM emulator: {emulator.base_url}/v1/projects/<project>/messages:send")
-        said.append(f"OAuth tokens: {emulator.token_url}")
-        said.append(f"control API:  http://{host}:{emulator.control_port}/control/")
-        return said
+            typer.echo(f"service account of {project} written to {path}")
+        return [
+            ("FCM emulator", f"{emulator.base_url}/v1/projects/<project>/messages:send"),
+            ("OAuth tokens", emulator.token_url),
+            _control(host, emulator),
+        ]
 
-    _serve_until_signalled(emulator, lines)
-
-
-def _cert_lines(emulator: Any, cert_out: Path | None) -> list[str]:
-    if cert_out is not None and emulator.certificate_pem is not None:
-        cert_out.write_bytes(emulator.certificate_pem)
-        return [f"certificate written to {cert_out}"]
-    return []
+    _serve_until_signalled(emulator, cert_out, rows)
 
 
 def _split_pair(spec: str, option: str, what: str) -> tuple[str, str]:
@@ -318,10 +300,8 @@ def _split_pair(spec: str, option: str, what: str) -> tuple[str, str]:
 @app.command("smtp")
 def smtp(
     port: Annotated[int, typer.Option(help="SMTP port (0 = any free port).")] = 2525,
-    control_port: Annotated[
-        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
-    ] = 2526,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    control_port: ControlPort = 2526,
+    host: Host = "127.0.0.1",
     tls: Annotated[
         str, typer.Option(help="starttls (offered), implicit (RFC 8314) or none.")
     ] = "starttls",
@@ -331,18 +311,14 @@ def smtp(
         list[str] | None,
         typer.Option(help="Accept AUTH PLAIN/LOGIN as USERNAME:PASSWORD (repeatable)."),
     ] = None,
-    cert_file: Annotated[
-        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
-    ] = None,
-    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
-    cert_out: Annotated[
-        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
-    ] = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+    cert_out: CertOut = None,
 ) -> None:
     """Emulate an SMTP relay (STARTTLS/implicit TLS, AUTH, scripted 4xx/5xx per recipient)."""
     from clarion.emulators.smtp import SmtpEmulator
 
-    try:
+    with _starting("SMTP"):
         emulator = SmtpEmulator(
             host=host,
             port=port,
@@ -355,33 +331,26 @@ def smtp(
         )
         for spec in user or []:
             emulator.add_user(*_split_pair(spec, "--user", "USERNAME:PASSWORD"))
-    except (ValueError, OSError) as exc:
-        typer.echo(f"cannot start the SMTP emulator: {exc}", err=True)
-        raise typer.Exit(2) from exc
 
-    def lines() -> list[str]:
-        return [
-            *_cert_lines(emulator, cert_out),
-            f"SMTP emulator: smtp://{host}:{emulator.port} (TLS: {tls})",
-            f"control API:   http://{host}:{emulator.control_port}/control/",
-        ]
-
-    _serve_until_signalled(emulator, lines)
+    _serve_until_signalled(
+        emulator,
+        cert_out,
+        lambda: [
+            ("SMTP emulator", f"smtp://{host}:{emulator.port} (TLS: {tls})"),
+            _control(host, emulator),
+        ],
+    )
 
 
 @app.command("ses")
 def ses(
     port: Annotated[int, typer.Option(help="HTTPS port (0 = any free port).")] = 8449,
-    control_port: Annotated[
-        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
-    ] = 8450,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    control_port: ControlPort = 8450,
+    host: Host = "127.0.0.1",
     region: Annotated[str, typer.Option(help="The region requests must be signed for.")] = (
         "us-east-1"
     ),
-    tls: Annotated[
-        bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
-    ] = True,
+    tls: PlainTls = True,
     key: Annotated[
         list[str] | None,
         typer.Option(help="Accept an access key: ACCESS_KEY_ID:SECRET (repeatable)."),
@@ -389,18 +358,14 @@ def ses(
     max_send_rate: Annotated[
         float | None, typer.Option(help="Messages per second before TooManyRequestsException.")
     ] = None,
-    cert_file: Annotated[
-        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
-    ] = None,
-    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
-    cert_out: Annotated[
-        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
-    ] = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+    cert_out: CertOut = None,
 ) -> None:
     """Emulate Amazon SES v2 SendEmail (SigV4 checks, body validation, throttling)."""
     from clarion.emulators.ses import SesEmulator
 
-    try:
+    with _starting("SES"):
         emulator = SesEmulator(
             host=host,
             port=port,
@@ -413,30 +378,23 @@ def ses(
         )
         for spec in key or []:
             emulator.add_key(*_split_pair(spec, "--key", "ACCESS_KEY_ID:SECRET"))
-    except (ValueError, OSError) as exc:
-        typer.echo(f"cannot start the SES emulator: {exc}", err=True)
-        raise typer.Exit(2) from exc
 
-    def lines() -> list[str]:
-        return [
-            *_cert_lines(emulator, cert_out),
-            f"SES emulator: {emulator.endpoint}/v2/email/outbound-emails (region {region})",
-            f"control API:  http://{host}:{emulator.control_port}/control/",
-        ]
-
-    _serve_until_signalled(emulator, lines)
+    _serve_until_signalled(
+        emulator,
+        cert_out,
+        lambda: [
+            ("SES emulator", f"{emulator.endpoint}/v2/email/outbound-emails (region {region})"),
+            _control(host, emulator),
+        ],
+    )
 
 
 @app.command("sendgrid")
 def sendgrid(
     port: Annotated[int, typer.Option(help="HTTPS port (0 = any free port).")] = 8451,
-    control_port: Annotated[
-        int, typer.Option(help="HTTP/1.1 JSON control API port (0 = any free port).")
-    ] = 8452,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    tls: Annotated[
-        bool, typer.Option("--tls/--plain", help="HTTPS, or plain HTTP (benchmarks only).")
-    ] = True,
+    control_port: ControlPort = 8452,
+    host: Host = "127.0.0.1",
+    tls: PlainTls = True,
     api_key: Annotated[
         list[str] | None, typer.Option(help="Accept this API key (repeatable).")
     ] = None,
@@ -444,18 +402,14 @@ def sendgrid(
         int | None, typer.Option(help="Requests per --rate-window seconds before 429.")
     ] = None,
     rate_window: Annotated[float, typer.Option(help="The rate limit's window, seconds.")] = 1.0,
-    cert_file: Annotated[
-        Path | None, typer.Option(help="PEM certificate to serve (default: a generated one).")
-    ] = None,
-    key_file: Annotated[Path | None, typer.Option(help="PEM private key for --cert-file.")] = None,
-    cert_out: Annotated[
-        Path | None, typer.Option(help="Write the served certificate here, for clients to trust.")
-    ] = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+    cert_out: CertOut = None,
 ) -> None:
     """Emulate SendGrid v3 Mail Send (bearer keys, body validation, 202, 429 rate limits)."""
     from clarion.emulators.sendgrid import SendGridEmulator
 
-    try:
+    with _starting("SendGrid"):
         emulator = SendGridEmulator(
             host=host,
             port=port,
@@ -468,15 +422,7 @@ def sendgrid(
         )
         for value in api_key or []:
             emulator.add_key(value)
-    except (ValueError, OSError) as exc:
-        typer.echo(f"cannot start the SendGrid emulator: {exc}", err=True)
-        raise typer.Exit(2) from exc
 
-    def lines() -> list[str]:
-        return [
-            *_cert_lines(emulator, cert_out),
-            f"SendGrid emulator: {emulator.url}",
-            f"control API:       http://{host}:{emulator.control_port}/control/",
-        ]
-
-    _serve_until_signalled(emulator, lines)
+    _serve_until_signalled(
+        emulator, cert_out, lambda: [("SendGrid emulator", emulator.url), _control(host, emulator)]
+    )
