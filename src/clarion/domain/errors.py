@@ -9,7 +9,10 @@ The tree::
     ├── Unauthorized (401)         no credential, or one we do not accept
     │   ├── InvalidApiKey, InvalidUserToken
     ├── NotFound (404)             missing, or not yours (the two are never told apart)
-    └── Conflict (409)             the request clashes with the state it found
+    ├── Conflict (409)             the request clashes with the state it found
+    ├── RateLimited (429)          the tenant is over its rate limit; retry after a while
+    └── Unavailable (503)          not now: the database is unreachable; retry after a while
+        └── Overloaded             accepted work waits too long to be handed on
 
 The docstring of each class is its default message. The API's catalogue (entrypoints/api/errors.py)
 is built from these classes, so a code means the same thing everywhere it appears.
@@ -146,3 +149,22 @@ class Unavailable(ClarionError):
 
     code = "unavailable"
     status = 503
+
+
+class Overloaded(Unavailable):
+    """The service has more accepted work waiting than it takes on; try again later."""
+
+    code = "overloaded"
+
+
+class RateLimited(ClarionError):
+    """This tenant sends faster than its rate limit allows; try again later."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(
+        self, message: str | None = None, *, retry_after: float = 1.0, **details: Any
+    ) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after  # seconds until the request would be let through

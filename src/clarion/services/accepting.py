@@ -5,13 +5,85 @@ Routing happens later, in the worker; this use case only promises that the event
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from clarion.domain import errors
-from clarion.domain.channels import REALTIME, Channel
+from clarion.domain.channels import PUSH, REALTIME, Channel
 from clarion.domain.notifications import AcceptedEvent, EventSpec
 from clarion.services.ports import Clock, Store
+
+log = logging.getLogger(__name__)
+
+BACKLOG_REFRESH_SECONDS = 1.0
+"""The backlog is counted at most this often per process; between counts the last one holds."""
+
+
+class Backlog:
+    """The service-wide guard: no new events while too many accepted ones wait for the relay.
+
+    `count(n)` counts the unpublished outbox entries, stopping at `n`. Counting costs a query,
+    so the figure is cached for `refresh` seconds; a request that finds it stale recounts while
+    concurrent ones go on with the old figure. `limit` 0 turns the guard off.
+    """
+
+    def __init__(
+        self,
+        count: Callable[[int], Awaitable[int]],
+        *,
+        limit: int,
+        refresh: float = BACKLOG_REFRESH_SECONDS,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
+        self._count = count
+        self._limit = limit
+        self._refresh = refresh
+        self._monotonic = monotonic
+        self._known: int | None = None
+        self._counted_at = 0.0
+        self._counting: asyncio.Future[None] | None = None
+
+    def _now(self) -> float:
+        return self._monotonic() if self._monotonic else asyncio.get_running_loop().time()
+
+    async def check(self) -> None:
+        """Return if a new event may be taken.
+
+        Raises:
+            errors.Overloaded: more than `limit` accepted events wait to be handed on.
+            errors.Unavailable: the backlog could not be counted (the database is down).
+        """
+        if self._limit <= 0:
+            return
+        if self._known is None or self._now() - self._counted_at >= self._refresh:
+            if self._counting is None:
+                self._counting = asyncio.ensure_future(self._recount())
+                # Retrieved here whatever happens to the awaiting request.
+                self._counting.add_done_callback(lambda f: f.cancelled() or f.exception())
+                await asyncio.shield(self._counting)
+            elif self._known is None:
+                await asyncio.shield(self._counting)
+        if self._known is not None and self._known > self._limit:
+            raise errors.Overloaded(
+                "too many accepted events are waiting to be routed; try again later"
+            )
+
+    async def _recount(self) -> None:
+        try:
+            known = await self._count(self._limit + 1)
+        finally:
+            self._counting = None
+        was_over = self._known is not None and self._known > self._limit
+        self._known, self._counted_at = known, self._now()
+        if (known > self._limit) != was_over:
+            log.warning(
+                "backlog over its bound; refusing new events"
+                if known > self._limit
+                else "backlog back under its bound; taking new events",
+                extra={"action": "backlog_overloaded", "limit": self._limit, "count": known},
+            )
 
 
 class Accepting:
@@ -25,14 +97,28 @@ class Accepting:
         max_recipients: int,
         channels: frozenset[Channel] = REALTIME,
         on_accepted: Callable[[], None] = lambda: None,
+        backlog: Backlog | None = None,
     ) -> None:
         self._store = store
+        self._backlog = backlog
         # The channels this server can deliver on: realtime plus every configured transport.
         self._channels = channels
         self._clock = clock
         self._max_recipients = max_recipients
         # Wakes the outbox relay so an event is routed now, not at the next poll.
         self._on_accepted = on_accepted
+
+    def push_channels(self) -> tuple[Channel, ...]:
+        """The push providers this server has a transport for, in `PUSH` order: what the
+        `push` alias stands for.
+
+        Raises:
+            errors.UnknownChannel: there is none.
+        """
+        found = tuple(c for c in PUSH if c in self._channels)
+        if not found:
+            raise errors.UnknownChannel("no push transport is configured")
+        return found
 
     async def accept(
         self, tenant_id: str, spec: EventSpec, *, idempotency_key: str | None = None
@@ -43,6 +129,7 @@ class Accepting:
             errors.NoRecipients, errors.TooManyRecipients: the recipient list is empty or long.
             errors.UnknownGroup, errors.UnknownCommunity: a named group does not exist.
             errors.IdempotencyKeyReused: the key was used with another body.
+            errors.Overloaded: too many accepted events wait for the workers (see `Backlog`).
         """
         if spec.recipients.is_empty():
             raise errors.NoRecipients()
@@ -55,6 +142,8 @@ class Accepting:
             raise errors.TooManyRecipients(
                 f"an event may name at most {self._max_recipients} recipients; use a group"
             )
+        if self._backlog is not None:
+            await self._backlog.check()
         for kind, named, error in (
             ("group", spec.recipients.groups, errors.UnknownGroup),
             ("community", spec.recipients.communities, errors.UnknownCommunity),

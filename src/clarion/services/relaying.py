@@ -18,6 +18,7 @@ from clarion.services.ports import Bus, Clock, Store
 log = logging.getLogger(__name__)
 
 PRUNE_AFTER = timedelta(days=1)  # published entries are kept a day for inspection
+FAILURE_BACKOFF_MAX = 5.0  # longest pause between attempts while the database is unreachable
 
 
 class Relay:
@@ -68,9 +69,15 @@ class Relay:
         return len(stale)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until `stop` is set."""
+        """Relay until `stop` is set.
+
+        A failure (the database or the bus unreachable) is logged and retried after a pause
+        that doubles with each failure in a row, up to `FAILURE_BACKOFF_MAX`; the traceback is
+        logged once per outage, not at every attempt.
+        """
         sweep_every = self._redeliver_after.total_seconds()
         last_sweep = asyncio.get_running_loop().time()
+        failures = 0
         while not stop.is_set():
             self._wake.clear()
             try:
@@ -80,12 +87,31 @@ class Relay:
                     last_sweep = now
                     await self.redeliver_stale()
                     await self._store.prune_outbox(published_before=self._clock.now() - PRUNE_AFTER)
-            except Exception:
-                log.exception("outbox relay failed; retrying", extra={"action": "relay_failed"})
+            except Exception as exc:
                 moved = 0
+                failures += 1
+                if failures == 1:
+                    log.exception("outbox relay failed; retrying", extra={"action": "relay_failed"})
+                else:
+                    log.warning(
+                        "outbox relay still failing; retrying",
+                        extra={"action": "relay_failed", "failures": failures, "error": str(exc)},
+                    )
+            else:
+                if failures:
+                    log.info(
+                        "outbox relay recovered",
+                        extra={"action": "relay_recovered", "failures": failures},
+                    )
+                failures = 0
             if moved >= self._batch:
                 continue
-            waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waits, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED)
+            pause = self._interval
+            if failures:
+                pause = min(FAILURE_BACKOFF_MAX, self._interval * 2 ** min(failures, 16))
+            waits = [asyncio.ensure_future(stop.wait())]
+            if not failures:  # a wake-up means new work; while failing, only time helps
+                waits.append(asyncio.ensure_future(self._wake.wait()))
+            await asyncio.wait(waits, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()

@@ -110,23 +110,25 @@ class SqlStatistics:
         options: dict[str, Any] = {engines.READONLY: True}
         if self._dialect == "postgresql":
             options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-        async with self._engine.connect() as raw:
-            conn = await raw.execution_options(**options)
-            async with conn.begin():
-                if imported is not None:
-                    if not _SNAPSHOT_ID.match(imported):
-                        raise ValueError(f"unexpected snapshot id {imported!r}")
-                    await conn.execute(sa.text(f"SET TRANSACTION SNAPSHOT '{imported}'"))
-                if self._dialect == "postgresql":
-                    # UTC: buckets are UTC hours and days, and date_trunc(unit, ts) in the
-                    # session's zone is cheaper than naming the zone on every row. No JIT:
-                    # probes gain nothing from compiled expressions, and a plan over a million
-                    # rows passes jit_above_cost, compiling for ~10 ms a statement. Custom
-                    # plans: the driver prepares statements, and after a few runs PostgreSQL
-                    # may switch to a generic plan, blind to the group keys and the range; one
-                    # took 3.5 s instead of 0.45 s. Planning anew costs about a millisecond.
-                    await conn.execute(_SESSION)
-                yield conn
+        with engines.translated():  # an unreachable database is a 503, as for the store
+            async with self._engine.connect() as raw:
+                conn = await raw.execution_options(**options)
+                async with conn.begin():
+                    if imported is not None:
+                        if not _SNAPSHOT_ID.match(imported):
+                            raise ValueError(f"unexpected snapshot id {imported!r}")
+                        await conn.execute(sa.text(f"SET TRANSACTION SNAPSHOT '{imported}'"))
+                    if self._dialect == "postgresql":
+                        # UTC: buckets are UTC hours and days, and date_trunc(unit, ts) in the
+                        # session's zone is cheaper than naming the zone on every row. No JIT:
+                        # probes gain nothing from compiled expressions, and a plan over a
+                        # million rows passes jit_above_cost, compiling for ~10 ms a statement.
+                        # Custom plans: the driver prepares statements, and after a few runs
+                        # PostgreSQL may switch to a generic plan, blind to the group keys and
+                        # the range; one took 3.5 s instead of 0.45 s. Planning anew costs
+                        # about a millisecond.
+                        await conn.execute(_SESSION)
+                    yield conn
 
     async def statistics(self, query: StatisticsQuery) -> Statistics | None:
         if self._dialect != "postgresql":
@@ -143,12 +145,19 @@ class SqlStatistics:
             if found is None:
                 return None
             snapshot = str(await conn.scalar(sa.text("SELECT pg_export_snapshot()")))
-            async with asyncio.TaskGroup() as group:
-                reading = group.create_task(
-                    self._median_elsewhere(snapshot, [*found.items, *_within(inbox_items, query)])
-                )
-                recipients, series = await self._items(conn, query, found)
-                channels = await self._deliveries(conn, query, found)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    reading = group.create_task(
+                        self._median_elsewhere(
+                            snapshot, [*found.items, *_within(inbox_items, query)]
+                        )
+                    )
+                    recipients, series = await self._items(conn, query, found)
+                    channels = await self._deliveries(conn, query, found)
+            except BaseExceptionGroup as failed:
+                # Raise the failure itself, so that an unreachable database is translated
+                # (503) like anywhere else instead of leaving as a group (500).
+                raise _first(failed) from None
         return Statistics(recipients, channels, reading.result(), series)
 
     async def _resolve(self, conn: AsyncConnection, query: StatisticsQuery) -> _Filters | None:
@@ -403,3 +412,11 @@ def _unnest(name: str, values: list[str]) -> Any:
         .table_valued(name)
         .render_derived(name=f"{name}s")
     )
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure inside a task group's exception."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf

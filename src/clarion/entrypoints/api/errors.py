@@ -8,6 +8,8 @@ raises (no such route, wrong method). Nothing escapes as a bare 500 page.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,10 @@ from clarion.domain import errors
 log = logging.getLogger(__name__)
 
 DOCS = "docs/api.md#"  # every code has an anchor of its own name in the API reference
+
+RETRY_AFTER_SECONDS = 5
+"""`Retry-After` of a 503 that knows no better: a database restart or failover takes seconds,
+and clients that come back every 5 s neither hammer it nor wait long once it is back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +68,27 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": body}
 
 
-def respond(error: errors.ClarionError) -> JSONResponse:
-    """The answer for a Clarion error."""
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+def retry_after(seconds: float) -> str:
+    """A `Retry-After` value: whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3)."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def respond(error: errors.ClarionError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The answer for a Clarion error, with `headers` added.
+
+    401s carry `WWW-Authenticate`; 429s and 503s carry `Retry-After`, from the error when it
+    knows (`retry_after`), else `RETRY_AFTER_SECONDS`.
+    """
+    sent = dict(headers or {})
+    if error.status == 401:
+        sent["WWW-Authenticate"] = "Bearer"
+    if error.status in (429, 503):
+        wait = getattr(error, "retry_after", None)
+        sent.setdefault("Retry-After", retry_after(wait if wait else RETRY_AFTER_SECONDS))
     return JSONResponse(
         error_body(error.code, error.message, error.details or None),
         status_code=error.status,
-        headers=headers,
+        headers=sent or None,
     )
 
 
