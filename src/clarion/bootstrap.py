@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from clarion.adapters.bus.memory import MemoryBus
+from clarion.adapters.bus import open_bus
 from clarion.adapters.providers.apns import ApnsTransport
+from clarion.adapters.providers.fcm import FcmTransport
+from clarion.adapters.providers.webpush import WebPushTransport
+from clarion.adapters.providers.wns import WnsTransport
 from clarion.adapters.sealing import Sealer, load_or_create_key
 from clarion.adapters.storage import engines, migrating
+from clarion.adapters.storage.backlog import SqlBacklog
 from clarion.adapters.storage.credentials import SqlCredentials
 from clarion.adapters.storage.sql import SqlStore
 from clarion.adapters.storage.statistics import SqlStatistics
@@ -18,15 +24,17 @@ from clarion.adapters.storage.webhooks import SqlWebhooks
 from clarion.adapters.vault import Vault
 from clarion.adapters.webhooks_http import HttpWebhookSender
 from clarion.domain.channels import REALTIME, Channel
-from clarion.services.accepting import Accepting
+from clarion.services.accepting import Accepting, Backlog
 from clarion.services.acknowledging import Acknowledging
 from clarion.services.callbacks import Callbacks
 from clarion.services.clocks import SystemClock
 from clarion.services.credentials import Credentials
+from clarion.services.deadletters import DeadLetters
 from clarion.services.delivering import Delivering
 from clarion.services.devices import Devices
 from clarion.services.directory import Directory
 from clarion.services.inboxes import Inboxes
+from clarion.services.pausing import PausingTransport
 from clarion.services.ports import Bus, Clock, Transport
 from clarion.services.realtime import Realtime
 from clarion.services.relaying import Relay
@@ -38,6 +46,7 @@ from clarion.services.tenancy import Tenancy
 from clarion.services.tokens import UserTokens
 from clarion.settings import Settings
 from clarion.wire.webhooks import parse_networks
+from clarion.wire.webpush import Urgency
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Clarion:
     delivering: Delivering
     callbacks: Callbacks
     credentials: Credentials
+    deadletters: DeadLetters
     transports: dict[Channel, Transport] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -86,7 +96,11 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
     clock = clock or SystemClock()
     store = SqlStore(
         engines.create_engine(
-            settings.resolved_database_url, pool_size=settings.database_pool_size
+            settings.resolved_database_url,
+            pool_size=settings.database_pool_size,
+            connect_timeout=settings.database_connect_timeout_seconds,
+            pool_timeout=settings.database_pool_timeout_seconds,
+            statement_timeout=settings.database_statement_timeout_seconds,
         ),
         sealer_for(settings),
     )
@@ -98,7 +112,21 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         apns = _apns(settings, credentials)
         transports[Channel.APNS] = apns
         closers.append(apns.close)
-    bus = bus or MemoryBus()
+    if settings.fcm.enabled:
+        fcm = _fcm(settings, credentials)
+        transports[Channel.FCM] = fcm
+        closers.append(fcm.close)
+    if settings.webpush.enabled:
+        webpush = _webpush(settings, credentials, clock)
+        transports[Channel.WEBPUSH] = webpush
+        closers.append(webpush.close)
+    if settings.wns.enabled:
+        wns = _wns(settings, credentials, clock)
+        transports[Channel.WNS] = wns
+        closers.append(wns.close)
+    if bus is None:
+        bus = _bus(settings)
+        closers.append(bus.close)
     tokens = UserTokens(
         store,
         clock,
@@ -131,6 +159,10 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
             max_recipients=settings.api.max_recipients_per_event,
             channels=REALTIME | frozenset(transports),
             on_accepted=relay.wake,
+            backlog=Backlog(
+                SqlBacklog(store.engine).unpublished,
+                limit=settings.limits.max_unpublished_events,
+            ),
         ),
         routing=Routing(store, bus, clock),
         relay=relay,
@@ -141,12 +173,45 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         devices=Devices(store, clock),
         reporting=Reporting(store),
         statistics=ProducerStatistics(SqlStatistics(store.engine), clock),
-        delivering=Delivering(store, clock, transports),
+        delivering=Delivering(
+            store,
+            clock,
+            # A credential a provider refuses is paused, whichever provider refused it.
+            {channel: PausingTransport(t, credentials) for channel, t in transports.items()},
+            batch=settings.worker.delivery_batch,
+            concurrency=settings.worker.delivery_concurrency,
+        ),
         callbacks=_callbacks(settings, store, clock),
         credentials=credentials,
+        deadletters=DeadLetters(bus),
         transports=transports,
         closers=closers,
     )
+
+
+@contextlib.asynccontextmanager
+async def deadletters_only(settings: Settings) -> AsyncIterator[DeadLetters]:
+    """The dead-letter tooling alone, on the configured bus (for `clarion dlq`): no database,
+    no sealing key."""
+    bus = _bus(settings)
+    try:
+        yield DeadLetters(bus)
+    finally:
+        await bus.close()
+
+
+def _bus(settings: Settings) -> Bus:
+    streams = settings.streams
+    options: dict[str, Any] = {
+        "visibility_timeout": streams.visibility_timeout_seconds,
+        "max_deliveries": streams.max_deliveries,
+        "dedupe_window": streams.dedupe_window_seconds,
+    }
+    if streams.max_length is not None:
+        options["max_length"] = streams.max_length
+    if settings.bus != "memory":
+        options["prefix"] = streams.prefix
+    return open_bus(settings.bus, settings.bus_url, **options)
 
 
 def _apns(settings: Settings, credentials: Credentials) -> ApnsTransport:
@@ -163,6 +228,55 @@ def _apns(settings: Settings, credentials: Credentials) -> ApnsTransport:
         reconnect_base=conf.reconnect_base_seconds,
         reconnect_max=conf.reconnect_max_seconds,
         ping_interval=conf.ping_interval_seconds,
+    )
+
+
+def _fcm(settings: Settings, credentials: Credentials) -> FcmTransport:
+    conf = settings.fcm
+    context = ssl.create_default_context(cafile=str(conf.ca_file) if conf.ca_file else None)
+    return FcmTransport(
+        credentials.load,
+        base_url=conf.base_url,
+        token_url=conf.token_url,
+        ssl_context=context,
+        connect_timeout=conf.connect_timeout_seconds,
+        request_timeout=conf.request_timeout_seconds,
+        concurrency=conf.concurrency,
+        connections=conf.connections,
+        streams_per_connection=conf.streams_per_connection,
+    )
+
+
+def _webpush(settings: Settings, credentials: Credentials, clock: Clock) -> WebPushTransport:
+    conf = settings.webpush
+    context = ssl.create_default_context(cafile=str(conf.ca_file) if conf.ca_file else None)
+    return WebPushTransport(
+        credentials.load,
+        ssl_context=context,
+        allowed_networks=parse_networks(conf.allowed_networks),
+        connect_timeout=conf.connect_timeout_seconds,
+        request_timeout=conf.request_timeout_seconds,
+        connections_per_origin=conf.connections_per_origin,
+        max_connections=conf.max_connections,
+        ttl=conf.ttl_seconds,
+        urgency=Urgency(conf.urgency),
+        now=clock.now,
+    )
+
+
+def _wns(settings: Settings, credentials: Credentials, clock: Clock) -> WnsTransport:
+    conf = settings.wns
+    context = ssl.create_default_context(cafile=str(conf.ca_file) if conf.ca_file else None)
+    return WnsTransport(
+        credentials.load,
+        token_url=conf.token_url,
+        channel_hosts=conf.channel_hosts,
+        ssl_context=context,
+        connect_timeout=conf.connect_timeout_seconds,
+        request_timeout=conf.request_timeout_seconds,
+        connections_per_origin=conf.connections_per_origin,
+        max_connections=conf.max_connections,
+        now=clock.now,
     )
 
 

@@ -12,7 +12,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8080
@@ -63,7 +63,7 @@ class GatewaySettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    """Routing and relaying."""
+    """Routing, relaying, and delivering through transports."""
 
     concurrency: int = Field(4, ge=1)
     relay_interval_seconds: float = Field(0.5, gt=0)
@@ -72,6 +72,35 @@ class WorkerSettings(BaseModel):
     # message or a crashed router); routing is idempotent, so a duplicate does no harm.
     redeliver_after_seconds: float = Field(30.0, gt=0)
     drain_seconds: float = Field(10.0, ge=0)
+    # Deliveries claimed (leased) per transaction. Each claim and each completion is one write
+    # transaction (one fsync on SQLite), so larger batches amortise it; 500 keeps a batch
+    # under APNs' 1,000 streams per connection and its transaction to a few milliseconds.
+    delivery_batch: int = Field(500, ge=1, le=10_000)
+    # Batches of one channel in flight at once: the next is claimed and sent while earlier
+    # ones wait for the provider's answers or are being recorded.
+    delivery_concurrency: int = Field(4, ge=1, le=64)
+
+
+class LimitsSettings(BaseModel):
+    """Backpressure on POST /v1/events: per-tenant rate limits and a service-wide bound.
+
+    The rate limits are token buckets kept in each API process: behind N `clarion api`
+    processes a tenant gets up to N times these rates. 0 means unlimited.
+    """
+
+    # Off by default: the right rate depends on the deployment; turn it on per installation.
+    requests_per_second: float = Field(0.0, ge=0)
+    # Requests a tenant may send at once after being idle; 0: one second's worth (at least 1).
+    requests_burst: int = Field(0, ge=0)
+    # Recipient keys (users + groups + communities named) per second; a group counts once.
+    recipients_per_second: float = Field(0.0, ge=0)
+    # 0: one second's worth (at least 1). An event naming more keys than the burst is let
+    # through when the bucket is full, and the tenant then waits until the debt is paid.
+    recipients_burst: int = Field(0, ge=0)
+    # Accepted events not yet handed to the bus (unpublished outbox rows) beyond which new
+    # events get 503 `overloaded`: the workers are far behind, or none is running. 100,000 is
+    # minutes of work for one worker, yet bounded; 0 disables the check.
+    max_unpublished_events: int = Field(100_000, ge=0)
 
 
 class WebhookSettings(BaseModel):
@@ -148,33 +177,169 @@ class ApnsSettings(BaseModel):
     ping_interval_seconds: float = Field(600.0, gt=0)
 
 
+class FcmSettings(BaseModel):
+    """The FCM transport (adapters/providers/fcm): HTTP v1 over HTTP/2."""
+
+    # Off until an operator has a service account to send with; events naming "fcm" are
+    # refused while it is off.
+    enabled: bool = False
+    # Where to send instead of https://fcm.googleapis.com (an emulator); `http://` speaks
+    # HTTP/2 with prior knowledge (h2c). None: Google.
+    base_url: str | None = None
+    # Where to fetch OAuth access tokens instead of each service account's token_uri (an
+    # emulator). None: the account's token_uri, which the vault only takes on Google's hosts.
+    token_url: str | None = None
+    # A PEM bundle to trust instead of the system's CAs (an emulator's self-signed certificate).
+    ca_file: Path | None = None
+    # TCP + TLS; Google answers in well under a second.
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    # One send, from waiting for a stream to the end of the answer; under the delivery lease
+    # (60 s) so that a slow answer becomes a retry, never a duplicate from another worker.
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # Sends in flight at once per process. Throughput comes from multiplexing, not batches;
+    # bounding it keeps a burst from tripping FCM's per-project quota all at once.
+    concurrency: int = Field(500, ge=1, le=10_000)
+    # HTTP/2 connections the sends are spread over, and streams on each (capped by FCM's own
+    # SETTINGS_MAX_CONCURRENT_STREAMS): a client's cost per stream grows with the streams open
+    # on its connection, so 500 in flight go faster as 5 x 100 than as 1 x 500.
+    connections: int = Field(5, ge=1, le=64)
+    streams_per_connection: int = Field(100, ge=1, le=1000)
+
+
+class WebPushSettings(BaseModel):
+    """The Web Push transport (adapters/providers/webpush): RFC 8030/8291/8292 over HTTP/1.1."""
+
+    # Off until an operator wants browser pushes; events naming "webpush" are refused while off.
+    enabled: bool = False
+    # CIDRs let through the SSRF guard: endpoints come from browsers (anyone), so by default one
+    # that resolves to a loopback, private or link-local address is never called. Tests and a
+    # local emulator need 127.0.0.1/32 here.
+    allowed_networks: list[str] = Field(default_factory=list)
+    # A PEM bundle to trust instead of the system's CAs (an emulator's self-signed certificate).
+    ca_file: Path | None = None
+    # TCP + TLS; push services answer in well under a second.
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    # One request, from waiting for a connection to the end of the answer; under the delivery
+    # lease (60 s) so a slow answer becomes a retry, never a duplicate from another worker.
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # HTTP/1.1 carries one request per connection at a time: this bounds requests in flight to
+    # one push service (FCM, Mozilla, Apple each are one origin) and, below, overall.
+    connections_per_origin: int = Field(64, ge=1, le=1000)
+    max_connections: int = Field(512, ge=1, le=10_000)
+    # RFC 8030 TTL: how long the push service keeps a message for an offline browser. Four
+    # weeks (FCM's maximum); 0 ("now or never") only when an operator asks for it.
+    ttl_seconds: int = Field(2_419_200, ge=0, le=2**31 - 1)
+    urgency: Literal["very-low", "low", "normal", "high"] = "normal"
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR network such as 10.0.0.0/8") from exc
+        return value
+
+
+class WnsSettings(BaseModel):
+    """The WNS transport (adapters/providers/wns): OAuth client credentials, then HTTP/1.1."""
+
+    # Off until an operator has WNS credentials; events naming "wns" are refused while off.
+    enabled: bool = False
+    # The legacy Live token endpoint (Package SID + secret); an emulator's URL in tests.
+    token_url: str = "https://login.live.com/accesstoken.srf"  # noqa: S105 (a URL)
+    # Channel URIs come from apps; only hosts under notify.windows.com are POSTed to, plus these
+    # exact names (an emulator's host in tests).
+    channel_hosts: list[str] = Field(default_factory=list)
+    # A PEM bundle to trust instead of the system's CAs (an emulator's self-signed certificate).
+    ca_file: Path | None = None
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    # Under the delivery lease (60 s), as for APNs.
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # WNS speaks HTTP/1.1 without pipelining: one request per connection at a time.
+    connections_per_origin: int = Field(64, ge=1, le=1000)
+    max_connections: int = Field(512, ge=1, le=10_000)
+
+
+class AdminSettings(BaseModel):
+    """The operators' API (/v1/admin: dead letters)."""
+
+    # The bearer token operators send to /v1/admin. Unset: those routes answer 404, as if they
+    # did not exist. At least 32 characters, so that it cannot be guessed; compared in constant
+    # time. Generate one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`.
+    token: SecretStr | None = Field(None, min_length=32, max_length=512)
+
+
+class StreamSettings(BaseModel):
+    """How the bus hands out work (docs/bus.md); the same for every backend."""
+
+    # A message taken and not acknowledged within this long goes to another consumer. Above the
+    # routers' patience with an unreachable database (45 s), so a router that is waiting it out
+    # keeps its message.
+    visibility_timeout_seconds: float = Field(60.0, ge=50.0)
+    # Handed out this many times without success: moved to `<stream>.dead` (see `clarion dlq`).
+    max_deliveries: int = Field(5, ge=1)
+    # Publishes of the same event id within this window are stored once.
+    dedupe_window_seconds: float = Field(120.0, gt=0)
+    # Bound on a stream's length (backpressure); None: the backend's default.
+    max_length: int | None = Field(None, ge=1)
+    # Names of streams, groups and keys start with this, so several deployments can share a
+    # broker.
+    prefix: str = Field("clarion", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+
+
 class Settings(BaseSettings):
     """Everything Clarion can be told."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CLARION_", env_nested_delimiter="__", extra="forbid", env_file=None
+        env_prefix="CLARION_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        env_file=None,
+        # Errors name the setting, never its value: values may be secrets (the admin token,
+        # the sealing key, a database URL's password).
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str | None = None
-    bus: Literal["memory"] = "memory"
+    # The bus between API and workers: "memory" (in-process: one process only), "redis" (Redis
+    # Streams) or "nats" (NATS JetStream), the last two with `bus_url`. See docs/bus.md.
+    bus: Literal["memory", "redis", "nats"] = "memory"
+    # redis://[:password@]host:6379/0 (rediss:// for TLS) or nats://[user:password@]host:4222.
+    bus_url: str | None = None
     host: str = DEFAULT_HOST
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     # The key sealing tenant secrets, base64 of 32 bytes; by default kept in data_dir.
     secret_key: str | None = None
     database_pool_size: int = Field(10, ge=1)
+    # PostgreSQL: time allowed to open a connection. Short, so that a database that is down
+    # turns into 503 `unavailable` within seconds instead of a request that hangs.
+    database_connect_timeout_seconds: float = Field(3.0, gt=0)
+    # PostgreSQL: time a transaction waits for a pooled connection when all are busy.
+    database_pool_timeout_seconds: float = Field(5.0, gt=0)
+    # PostgreSQL: the longest one statement may take (client side, so it also bounds a silent
+    # network). Above the largest fan-out statement; 0 means no limit.
+    database_statement_timeout_seconds: float = Field(60.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # JSON lines for log shippers; "console" reads better in a terminal during development.
     log_format: Literal["json", "console"] = "json"
     # Off by default: request paths carry user ids, which are often email addresses.
     access_log: bool = False
 
+    streams: StreamSettings = StreamSettings()
     api: ApiSettings = ApiSettings()
     tokens: TokenSettings = TokenSettings()
     gateway: GatewaySettings = GatewaySettings()
     worker: WorkerSettings = WorkerSettings()
     webhooks: WebhookSettings = WebhookSettings()
     apns: ApnsSettings = ApnsSettings()
+    webpush: WebPushSettings = WebPushSettings()
+    wns: WnsSettings = WnsSettings()
+    fcm: FcmSettings = FcmSettings()
+    limits: LimitsSettings = LimitsSettings()
+    admin: AdminSettings = AdminSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -182,6 +347,12 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite", "postgresql", "postgres")):
             raise ValueError("database_url must be a sqlite:/// or postgresql:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _bus_has_url(self) -> Settings:
+        if self.bus != "memory" and not self.bus_url:
+            raise ValueError(f"bus {self.bus!r} needs bus_url (CLARION_BUS_URL)")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

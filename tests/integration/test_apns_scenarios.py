@@ -15,6 +15,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,60 @@ async def test_a_sixty_second_503_storm_delays_but_loses_nothing(
         )
         assert 4 <= len(statuses) <= 9, (token, statuses)
         assert gaps[-1] >= 8, (token, gaps)
+
+
+async def test_a_refused_key_pauses_its_credential_until_it_is_replaced(
+    settings: Settings, emulator: ApnsEmulator, tmp_path: Path
+) -> None:
+    async with running(with_apns(settings, emulator, tmp_path)) as srv, tenant_client(srv) as t:
+        # A key the emulator never heard of: APNs answers 403 InvalidProviderToken.
+        stranger = ec.generate_private_key(ec.SECP256R1())
+        answer = await t.http.put(
+            "/v1/credentials/apns/main",
+            json={
+                "auth": "token",
+                "key_id": KID,
+                "team_id": TEAM,
+                "topic": TOPIC,
+                "environment": "sandbox",
+                "private_key": stranger.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ).decode(),
+            },
+        )
+        assert answer.status_code in (200, 201), answer.text
+        users = await register_devices(srv, t, 20)
+        event = await post_event(t, users, "refused")
+        deadline = time.monotonic() + 30
+        described: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            described = (await t.http.get("/v1/credentials/apns/main")).json()
+            if described.get("status") == "paused":
+                break
+            await asyncio.sleep(0.1)
+        assert described["status"] == "paused", described
+        assert "InvalidProviderToken" in described["paused_reason"]
+        # Paused: nothing more goes to APNs with that key, however long the deliveries wait.
+        refused = len(emulator.attempts)
+        assert 1 <= refused <= 20
+        assert {a["reason"] for a in emulator.attempts} == {"InvalidProviderToken"}
+        await asyncio.sleep(1.5)
+        report = (await t.http.get(f"/v1/events/{event}")).json()
+        assert counts(report) == {"pending": 20}
+        assert len(emulator.attempts) == refused
+
+        # The tenant replaces the key: the credential is active again and the deliveries go
+        # out when their retry comes due (bring it forward rather than wait for the backoff).
+        await put_credential(t, emulator)
+        described = (await t.http.get("/v1/credentials/apns/main")).json()
+        assert described["status"] == "active"
+        async with srv.clarion.store.engine.begin() as conn:
+            await conn.execute(
+                tables.deliveries.update()
+                .where(tables.deliveries.c.tenant_id == t.id)
+                .values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+        report = await until_settled(t, event, timeout=60)
+        assert counts(report) == {"sent": 20}

@@ -21,6 +21,9 @@ JsonObject = dict[str, Any]
 EVENTS_STREAM = "events"
 """The stream accepted events travel on, from the outbox to the routers: ``{"event_id": ...}``."""
 
+INGEST_STREAM = "ingest"
+"""Events producers publish straight onto the bus instead of calling the API (docs/bus.md)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Recipients:

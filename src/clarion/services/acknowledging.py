@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+
 from clarion.domain import errors
 from clarion.domain.channels import Channel
+from clarion.domain.notifications import JsonObject
 from clarion.domain.statuses import Status
 from clarion.services.ports import Bus, Clock, Moved, Store
 from clarion.services.routing import REALTIME_CHANNEL
 
+log = logging.getLogger(__name__)
+
 RECEIPTS = frozenset({Status.RECEIVED, Status.READ})
+
+
+async def tell_sessions(bus: Bus, payload: JsonObject) -> bool:
+    """Broadcast a status change that is already committed; False if the bus failed.
+
+    The registry has the change, so a broker outage must not fail the request that made it (a
+    503 would invite a retry of something done). The user's other live sockets then miss the
+    news, and see the new status when they next load the item or reconnect.
+    """
+    try:
+        await bus.broadcast(REALTIME_CHANNEL, payload)
+    except errors.Unavailable as exc:
+        log.warning(
+            "status change not broadcast; the bus is unavailable",
+            extra={"action": "broadcast_failed", "kind": payload.get("kind"), "error": exc.message},
+        )
+        return False
+    except Exception:
+        log.exception(
+            "status change not broadcast",
+            extra={"action": "broadcast_failed", "kind": payload.get("kind")},
+        )
+        return False
+    return True
 
 
 class Acknowledging:
@@ -48,8 +77,8 @@ class Acknowledging:
         if moved is None:
             raise errors.NotFound("no such notification")
         if moved.changed:
-            await self._bus.broadcast(
-                REALTIME_CHANNEL,
+            await tell_sessions(
+                self._bus,
                 {
                     "kind": "status",
                     "tenant_id": tenant_id,

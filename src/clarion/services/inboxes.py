@@ -7,9 +7,8 @@ from datetime import datetime
 from clarion.domain import errors
 from clarion.domain.notifications import InboxItem
 from clarion.domain.statuses import UNREAD, VISIBLE, Status
-from clarion.services.acknowledging import Acknowledging
+from clarion.services.acknowledging import Acknowledging, tell_sessions
 from clarion.services.ports import Bus, Clock, InboxQuery, Moved, Store, UnreadCounts
-from clarion.services.routing import REALTIME_CHANNEL
 from clarion.services.tokens import Principal
 
 MAX_PAGE = 200  # items per page: a phone's screenful many times over, a bounded query
@@ -90,7 +89,8 @@ class Inboxes:
     ) -> list[int]:
         """Mark every unread item (of a group and/or category) read; the ids that moved.
 
-        The user's live sockets are told, in messages of bounded size.
+        The user's live sockets are told, in messages of bounded size; if the bus fails, the
+        items are read all the same (see `tell_sessions`).
         """
         moved = await self._store.read_all(
             me.tenant_id,
@@ -101,8 +101,8 @@ class Inboxes:
             now=self._clock.now(),
         )
         for start in range(0, len(moved), BROADCAST_IDS):
-            await self._bus.broadcast(
-                REALTIME_CHANNEL,
+            told = await tell_sessions(
+                self._bus,
                 {
                     "kind": "statuses",
                     "tenant_id": me.tenant_id,
@@ -111,4 +111,6 @@ class Inboxes:
                     "status": str(Status.READ),
                 },
             )
+            if not told:
+                break  # the bus is down: the rest would fail the same way, each after a wait
         return moved

@@ -56,6 +56,7 @@ __all__ = [
     "Credential",
     "CredentialInfo",
     "CredentialStore",
+    "DeadLetter",
     "Device",
     "DueWebhook",
     "Envelope",
@@ -382,13 +383,24 @@ class Store(Protocol):
     async def claim_deliveries(
         self, channel: Channel, *, limit: int, lease_seconds: float, now: datetime
     ) -> list[Claimed]:
-        """Lease up to `limit` due, pending deliveries of `channel`, each with a new fence."""
+        """Lease up to `limit` due, pending deliveries of `channel`, each with a new fence.
+
+        A push delivery whose device was retired or deleted since routing is failed instead
+        of handed out ("device retired", "device deleted"): a dead token is never used again.
+        """
         ...
 
     async def complete_deliveries(
         self, completions: Sequence[Completion], now: datetime
     ) -> list[int]:
-        """Apply outcomes; those whose fence is stale are ignored. The ids applied."""
+        """Apply outcomes set-based, each move audited; those whose fence is stale, or whose
+        delivery is no longer pending, are ignored. The ids applied.
+
+        `Delivered`: the delivery and its item go `sent` (the reference kept). `RetryLater` and
+        `AuthFailed`: due again at `retry_at`. `Rejected` and `TokenInvalid`: the delivery fails,
+        and so does its item once none of its deliveries is left open. `TokenInvalid` on a push
+        channel also retires the device, unless it registered again after the claim.
+        """
         ...
 
 
@@ -405,36 +417,137 @@ class StatisticsStore(Protocol):
 
 
 class Envelope(Protocol):
-    """A message taken from a work stream; it stays owed until acknowledged."""
+    """A message taken from a work stream; it stays owed until acknowledged.
+
+    One not acknowledged within the bus's visibility timeout is delivered again, to this
+    consumer or another of its group. After the bus's limit of deliveries it is moved to the
+    dead-letter stream `<stream>.dead` instead of being delivered again.
+    """
 
     payload: JsonObject
 
+    @property
+    def deliveries(self) -> int:
+        """How many times the message has been handed out, this time included (1 the first)."""
+        ...
+
     async def ack(self) -> None:
         """The work is done; the bus may forget the message."""
+        ...
+
+    async def reject(self, reason: str) -> None:
+        """The work can never be done (a malformed message): move it to `<stream>.dead` now,
+        with `reason`, instead of letting it be retried."""
+        ...
+
+
+class DeadLetter(Protocol):
+    """A message the bus gave up on, as an operator reads it back from `<stream>.dead`
+    (docs/bus.md, "Dead letters")."""
+
+    @property
+    def id(self) -> str:
+        """Its id in the dead-letter stream, opaque (a Redis entry id, a JetStream sequence)."""
+        ...
+
+    @property
+    def stream(self) -> str:
+        """The stream it was taken from, and to which a replay publishes it."""
+        ...
+
+    @property
+    def group(self) -> str:
+        """The consumer group that gave up on it."""
+        ...
+
+    @property
+    def deliveries(self) -> int:
+        """How many times it had been handed out."""
+        ...
+
+    @property
+    def reason(self) -> str:
+        """`max_deliveries`, `invalid`, the reason given to `Envelope.reject`, or `unreadable`
+        (the dead-letter stream holds something that is not a dead letter)."""
+        ...
+
+    @property
+    def payload(self) -> JsonObject | str | None:
+        """The original payload; the raw text of one that was not a JSON object."""
+        ...
+
+    @property
+    def dead_at(self) -> datetime | None:
+        """When it was dead-lettered, as the broker recorded it."""
         ...
 
 
 class Bus(Protocol):
     """Carries work between processes, and broadcasts realtime news to every gateway.
 
-    Work streams are at-least-once with one consumer per message within a group; broadcasts
-    reach every listener that is connected at the time and are not kept.
+    Work streams are at-least-once with one consumer per message within a group; every group
+    gets every message, and a group that did not exist yet starts from the oldest message the
+    stream still holds. Broadcasts reach every listener that is connected at the time and are
+    not kept.
     """
 
-    async def publish(self, stream: str, payload: JsonObject) -> None:
-        """Append work to a stream."""
+    async def publish(
+        self, stream: str, payload: JsonObject, *, message_id: str | None = None
+    ) -> None:
+        """Append work to a stream. A payload naming itself (`message_id` if given, else its
+        `event_id`, else its `id`) is appended once per stream within the bus's dedupe window,
+        however often it is published.
+
+        Raises:
+            errors.Unavailable: the bus cannot take it now (its broker is unreachable).
+        """
         ...
 
     def consume(self, stream: str, group: str) -> AsyncIterator[Envelope]:
-        """The stream's messages for this consumer group, forever."""
+        """The stream's messages for this consumer group, forever. Survives broker restarts."""
         ...
 
     async def broadcast(self, channel: str, payload: JsonObject) -> None:
-        """Tell every listener of `channel`."""
+        """Tell every listener of `channel`.
+
+        Raises:
+            errors.Unavailable: the bus cannot take it now (its broker is unreachable).
+        """
         ...
 
     def listen(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[JsonObject]]:
-        """Listen to `channel` for as long as the context is open."""
+        """Listen to `channel` for as long as the context is open (subscribed once entered)."""
+        ...
+
+    async def dead_letters(
+        self, stream: str, *, after: str | None = None, limit: int = 100
+    ) -> Sequence[DeadLetter]:
+        """Up to `limit` dead letters of `stream` still held in `<stream>.dead`, oldest first,
+        starting after the letter whose id is `after`.
+
+        Raises:
+            errors.Unavailable: the broker is unreachable.
+        """
+        ...
+
+    async def dead_letter(self, stream: str, letter_id: str) -> DeadLetter | None:
+        """One dead letter of `stream`; None when there is no such letter (or id).
+
+        Raises:
+            errors.Unavailable: the broker is unreachable.
+        """
+        ...
+
+    async def remove_dead_letter(self, stream: str, letter_id: str) -> bool:
+        """Forget one dead letter of `stream`; False when there was no such letter.
+
+        Raises:
+            errors.Unavailable: the broker is unreachable.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections; consumers and listeners of this bus end."""
         ...
 
 

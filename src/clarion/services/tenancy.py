@@ -95,6 +95,11 @@ class Tenancy:
             raise errors.InvalidApiKey()
         return stored.tenant_id
 
+    async def exists(self, tenant_id: str) -> bool:
+        """Whether the tenant exists (for ways in that name it instead of proving it with a
+        key: the bus's ingest stream)."""
+        return await self._store.tenant_secret(tenant_id) is not None
+
 
 def _new_key() -> tuple[str, str]:
     key_id = secrets.token_hex(8)

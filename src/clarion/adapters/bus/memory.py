@@ -210,9 +210,7 @@ class MemoryBus:
             await target.waiter().wait()
         # Checked only once there is room, so a publish cancelled while waiting is not
         # remembered as done.
-        message_id = (
-            messages.message_id(payload, message_id) if self._dedupe_window > 0 else None
-        )
+        message_id = messages.message_id(payload, message_id) if self._dedupe_window > 0 else None
         if message_id is not None:
             now = asyncio.get_running_loop().time()
             if target.is_duplicate(message_id, now, self._dedupe_window):

@@ -28,8 +28,8 @@ import itertools
 import json
 import logging
 import os
-import secrets
 import re
+import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -486,7 +486,9 @@ class RedisStreamsBus:
         await self._redis.aclose()
 
 
-def _dead_letter_of(stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None) -> StoredDeadLetter:
+def _dead_letter_of(
+    stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None
+) -> StoredDeadLetter:
     letter_id = entry_id.decode()
     # An entry id starts with the milliseconds since the epoch at which Redis added it.
     dead_at = datetime.fromtimestamp(int(letter_id.split("-", 1)[0]) / 1000, UTC)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from clarion import bootstrap
 from clarion.domain import errors
-from clarion.entrypoints.cli import emulate, logs
+from clarion.entrypoints.cli import dlq, emulate, logs
 from clarion.settings import Settings
 
 T = TypeVar("T")
@@ -28,6 +28,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(config_app, name="config")
 app.add_typer(emulate.app, name="emulate")
+app.add_typer(dlq.app, name="dlq")
 
 out = Console()
 err = Console(stderr=True)
@@ -64,27 +65,61 @@ def _logging(settings: Settings) -> None:
     logs.configure(settings.log_level, json=settings.log_format == "json")
 
 
+Port = Annotated[int | None, typer.Option(help="HTTP port (CLARION_PORT).")]
+Host = Annotated[str | None, typer.Option(help="Address to listen on (CLARION_HOST).")]
+Migrate = Annotated[
+    bool, typer.Option("--migrate", help="Migrate the schema first (one process at a time).")
+]
+
+
+def _run_roles(settings: Settings, *, api: bool, worker: bool, migrate: bool) -> None:
+    from clarion.entrypoints.server import serve as run
+
+    _logging(settings)
+    if migrate:
+        asyncio.run(bootstrap.migrate(settings))
+
+    async def main() -> None:
+        await run(bootstrap.build(settings), api=api, worker=worker)
+
+    asyncio.run(main())
+
+
 @app.command()
 def serve(
-    port: Annotated[int | None, typer.Option(help="HTTP port (CLARION_PORT).")] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (CLARION_HOST).")] = None,
+    port: Port = None,
+    host: Host = None,
     data_dir: DataDir = None,
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="Do not migrate the schema first.")
     ] = False,
 ) -> None:
     """Run the API, the WebSocket gateway and the worker in one process."""
-    from clarion.entrypoints.server import serve as serve_all
-
     settings = _settings(port=port, host=host, data_dir=data_dir)
-    _logging(settings)
-    if not no_migrate:
-        asyncio.run(bootstrap.migrate(settings))
+    _run_roles(settings, api=True, worker=True, migrate=not no_migrate)
 
-    async def main() -> None:
-        await serve_all(bootstrap.build(settings))
 
-    asyncio.run(main())
+@app.command()
+def api(
+    port: Port = None, host: Host = None, data_dir: DataDir = None, migrate: Migrate = False
+) -> None:
+    """Run the HTTP API and the WebSocket gateway only; run any number of them.
+
+    Run `clarion migrate` once before starting new versions.
+    """
+    settings = _settings(port=port, host=host, data_dir=data_dir)
+    _run_roles(settings, api=True, worker=False, migrate=migrate)
+
+
+@app.command()
+def worker(data_dir: DataDir = None, migrate: Migrate = False) -> None:
+    """Run the worker only (outbox relay, routing, delivery, status webhooks); no HTTP. Run
+    any number of them.
+
+    Run `clarion migrate` once before starting new versions.
+    """
+    settings = _settings(data_dir=data_dir)
+    _run_roles(settings, api=False, worker=True, migrate=migrate)
 
 
 @app.command()
@@ -187,7 +222,8 @@ def config_check(data_dir: DataDir = None) -> None:
     problems = []
     url = settings.resolved_database_url
     out.print(f"database      {_redact(url)}")
-    out.print(f"bus           {settings.bus}")
+    bus = settings.bus if not settings.bus_url else f"{settings.bus} {_redact(settings.bus_url)}"
+    out.print(f"bus           {bus}")
     out.print(f"listen        http://{settings.host}:{settings.port}")
     out.print(f"data dir      {settings.data_dir}")
     out.print(
