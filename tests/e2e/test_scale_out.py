@@ -88,15 +88,15 @@ async def _post(process: Process, tenant: Tenant, body: dict[str, Any], key: str
 RECIPIENTS = 20_000
 KILLS = 5
 KILL_EVERY = 4.0  # seconds between kills, once the first pushes have arrived
-# The fan-out is slowed to last well past the five kills: each worker sends 2 batches of 100
-# at a time, and the emulator answers each push after 400 ms (about 1,500 pushes/s at best
-# across 3 workers; the two-core machine makes it less). Leases run out 60 s after a claim
-# (`LEASE_SECONDS`), so the deliveries a killed worker held go out again after that: the last
-# kill comes long before the first lease of a killed worker runs out, which is why no push can
-# be cut short twice.
-DELIVERY_BATCH = 100
+# The fan-out is slowed to last well past the five kills, however fast the machine: each worker
+# has 2 batches of 50 in flight, and the emulator answers each push after 500 ms, so 3 workers
+# send at most 600 pushes/s and 20,000 take at least 33 s (the kills are over within about
+# 20 s). Leases run out 60 s after a claim (`LEASE_SECONDS`), so the deliveries a killed worker
+# held go out again after that: the last kill comes long before the first lease of a killed
+# worker runs out, which is why no push can be cut short twice.
+DELIVERY_BATCH = 50
 DELIVERY_CONCURRENCY = 2
-LATENCY_MS = 400
+LATENCY_MS = 500
 SETTLE_SECONDS = 240.0  # from the last kill until no delivery is pending
 
 
