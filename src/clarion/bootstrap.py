@@ -7,11 +7,16 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from clarion.adapters.bus import open_bus
 from clarion.adapters.providers.apns import ApnsTransport
 from clarion.adapters.providers.fcm import FcmTransport
+from clarion.adapters.providers.sendgrid import SendGridMailer
+from clarion.adapters.providers.ses import SesMailer
+from clarion.adapters.providers.smtp import SmtpMailer
+from clarion.adapters.providers.sns import HttpSnsClient
 from clarion.adapters.providers.webpush import WebPushTransport
 from clarion.adapters.providers.wns import WnsTransport
 from clarion.adapters.sealing import Sealer, load_or_create_key
@@ -20,12 +25,15 @@ from clarion.adapters.storage.backlog import SqlBacklog
 from clarion.adapters.storage.credentials import SqlCredentials
 from clarion.adapters.storage.sql import SqlStore
 from clarion.adapters.storage.statistics import SqlStatistics
+from clarion.adapters.storage.templates import SqlTemplates
+from clarion.adapters.storage.topics import SqlTopicSends
 from clarion.adapters.storage.webhooks import SqlWebhooks
 from clarion.adapters.vault import Vault
 from clarion.adapters.webhooks_http import HttpWebhookSender
 from clarion.domain.channels import REALTIME, Channel
 from clarion.services.accepting import Accepting, Backlog
 from clarion.services.acknowledging import Acknowledging
+from clarion.services.broadcasting import Broadcasting
 from clarion.services.callbacks import Callbacks
 from clarion.services.clocks import SystemClock
 from clarion.services.credentials import Credentials
@@ -34,16 +42,20 @@ from clarion.services.delivering import Delivering
 from clarion.services.devices import Devices
 from clarion.services.directory import Directory
 from clarion.services.inboxes import Inboxes
+from clarion.services.mailing import EmailTransport, Mailing
 from clarion.services.pausing import PausingTransport
-from clarion.services.ports import Bus, Clock, Transport
+from clarion.services.ports import Bus, Clock, Mailer, Transport
 from clarion.services.realtime import Realtime
 from clarion.services.relaying import Relay
 from clarion.services.reporting import Reporting
 from clarion.services.routing import Routing
 from clarion.services.statistics import ProducerStatistics
 from clarion.services.subscriptions import Subscriptions
+from clarion.services.suppressing import Suppressing
+from clarion.services.templating import Templates
 from clarion.services.tenancy import Tenancy
 from clarion.services.tokens import UserTokens
+from clarion.services.unsubscribing import Unsubscribing, derive_secret
 from clarion.settings import Settings
 from clarion.wire.webhooks import parse_networks
 from clarion.wire.webpush import Urgency
@@ -74,8 +86,14 @@ class Clarion:
     callbacks: Callbacks
     credentials: Credentials
     deadletters: DeadLetters
+    unsubscribing: Unsubscribing
+    suppressing: Suppressing
+    templates: Templates
+    mailing: Mailing
     transports: dict[Channel, Transport] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Sends to FCM topics (groups mapped to topics); None while FCM is off.
+    broadcasting: Broadcasting | None = None
 
     async def close(self) -> None:
         """Close provider connections, then release the database pool."""
@@ -86,9 +104,7 @@ class Clarion:
 
 def sealer_for(settings: Settings) -> Sealer:
     """The sealer for tenant secrets, from the configured key or the key file."""
-    if settings.secret_key:
-        return Sealer(base64.b64decode(settings.secret_key))
-    return Sealer(load_or_create_key(settings.secret_key_file))
+    return Sealer(_sealing_key(settings))
 
 
 def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = None) -> Clarion:
@@ -104,10 +120,12 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         ),
         sealer_for(settings),
     )
-    credentials = Credentials(SqlCredentials(store.engine, Vault(sealer_for(settings))), clock)
+    vault = SqlCredentials(store.engine, Vault(sealer_for(settings)))
+    credentials = Credentials(vault, clock)
     # Provider transports (APNs, FCM, WNS, Web Push, email) are wired here as they arrive.
     transports: dict[Channel, Transport] = {}
     closers: list[Callable[[], Awaitable[None]]] = []
+    broadcasting: Broadcasting | None = None
     if settings.apns.enabled:
         apns = _apns(settings, credentials)
         transports[Channel.APNS] = apns
@@ -115,6 +133,9 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
     if settings.fcm.enabled:
         fcm = _fcm(settings, credentials)
         transports[Channel.FCM] = fcm
+        broadcasting = Broadcasting(
+            SqlTopicSends(store.engine), clock, {Channel.FCM: fcm}, credentials=credentials
+        )
         closers.append(fcm.close)
     if settings.webpush.enabled:
         webpush = _webpush(settings, credentials, clock)
@@ -124,6 +145,12 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         wns = _wns(settings, credentials, clock)
         transports[Channel.WNS] = wns
         closers.append(wns.close)
+    template_store = SqlTemplates(store.engine)
+    unsubscribing = _unsubscribing(settings, store, clock)
+    if settings.email.enabled:
+        email = _email(settings, store, template_store, credentials, unsubscribing, clock)
+        transports[Channel.EMAIL] = email
+        closers.append(email.close)
     if bus is None:
         bus = _bus(settings)
         closers.append(bus.close)
@@ -184,8 +211,97 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         callbacks=_callbacks(settings, store, clock),
         credentials=credentials,
         deadletters=DeadLetters(bus),
+        unsubscribing=unsubscribing,
+        suppressing=_suppressing(settings, store, vault, clock, closers),
+        templates=Templates(template_store, clock),
+        mailing=Mailing(store, credentials, clock),
         transports=transports,
         closers=closers,
+        broadcasting=broadcasting,
+    )
+
+
+def _email(
+    settings: Settings,
+    store: SqlStore,
+    templates: SqlTemplates,
+    credentials: Credentials,
+    links: Unsubscribing,
+    clock: Clock,
+) -> EmailTransport:
+    conf = settings.email
+    if not conf.public_url:
+        raise ValueError("email.public_url is required when email is enabled")
+    context = ssl.create_default_context(cafile=str(conf.ca_file) if conf.ca_file else None)
+    timeouts: dict[str, Any] = {
+        "connect_timeout": conf.connect_timeout_seconds,
+        "request_timeout": conf.request_timeout_seconds,
+        "max_concurrency": conf.max_concurrency,
+    }
+    mailers: list[Mailer] = [
+        SmtpMailer(
+            ssl_context=context,
+            allowed_networks=parse_networks(conf.smtp_allowed_networks),
+            connections_per_host=conf.smtp_connections_per_host,
+            helo_name=conf.smtp_helo_name,
+            **timeouts,
+        ),
+        SesMailer(
+            ssl_context=context, endpoint_url=conf.ses_endpoint_url, now=clock.now, **timeouts
+        ),
+        SendGridMailer(
+            ssl_context=context, base_url=conf.sendgrid_base_url, now=clock.now, **timeouts
+        ),
+    ]
+    return EmailTransport(
+        store=store,
+        templates=templates,
+        credentials=credentials,
+        mailers={m.kind: m for m in mailers},
+        links=links,
+        clock=clock,
+    )
+
+
+def _sealing_key(settings: Settings) -> bytes:
+    if settings.secret_key:
+        return base64.b64decode(settings.secret_key)
+    return load_or_create_key(settings.secret_key_file)
+
+
+def _unsubscribing(settings: Settings, store: SqlStore, clock: Clock) -> Unsubscribing:
+    return Unsubscribing(
+        store,
+        clock,
+        secret=derive_secret(_sealing_key(settings)),
+        public_url=settings.email.public_url,
+        mailto=settings.email.unsubscribe_mailto,
+    )
+
+
+def _suppressing(
+    settings: Settings,
+    store: SqlStore,
+    vault: SqlCredentials,
+    clock: Clock,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> Suppressing:
+    conf = settings.email
+    sns = HttpSnsClient(
+        ssl_context=ssl.create_default_context(
+            cafile=str(conf.sns_ca_file) if conf.sns_ca_file else None
+        ),
+        connect_timeout=conf.connect_timeout_seconds,
+        timeout=conf.request_timeout_seconds,
+    )
+    closers.append(sns.close)
+    return Suppressing(
+        store,
+        vault,
+        sns,
+        clock,
+        extra_url_prefixes=conf.sns_allowed_url_prefixes,
+        sendgrid_max_age=timedelta(seconds=conf.sendgrid_signature_max_age_seconds),
     )
 
 

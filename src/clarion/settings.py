@@ -262,6 +262,64 @@ class WnsSettings(BaseModel):
     max_connections: int = Field(512, ge=1, le=10_000)
 
 
+class EmailSettings(BaseModel):
+    """The email channel (adapters/providers/smtp, ses, sendgrid) and the links mail carries."""
+
+    # Off until an operator has a mail provider; events naming "email" are refused while off.
+    enabled: bool = False
+    # This server's https base as mail recipients reach it (https://notify.example.com): the
+    # one-click unsubscribe links in every email point under it. Required when enabled.
+    public_url: str | None = None
+    # An address whose mail the operator reads, for the List-Unsubscribe mailto target; unset:
+    # the https link alone (RFC 8058 needs only that).
+    unsubscribe_mailto: str | None = None
+    # A PEM bundle to trust instead of the system's CAs (an emulator's self-signed certificate).
+    ca_file: Path | None = None
+    # TCP + TLS (+ the SMTP greeting and EHLO); mail providers answer in well under a second.
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    # One send, under the delivery lease (60 s), so a slow answer becomes a retry, never a
+    # duplicate from another worker.
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # CIDRs a tenant's SMTP host may resolve into. The host comes from the tenant, so by default
+    # one resolving to a loopback, private or link-local address is never connected to (SSRF);
+    # an operator's own relay on 10.0.0.25 needs 10.0.0.25/32 here, tests 127.0.0.1/32.
+    smtp_allowed_networks: list[str] = Field(default_factory=list)
+    # Connections per tenant relay (per credential): relays limit concurrent sessions per client
+    # (often 5-10) and answer 421 above it; messages queue for a free connection instead.
+    smtp_connections_per_host: int = Field(4, ge=1, le=100)
+    # The name our EHLO gives; None: this machine's FQDN. Some relays check that it resolves.
+    smtp_helo_name: str | None = None
+    # Where SES v2 is instead of https://email.<region>.amazonaws.com (an emulator). None: AWS.
+    ses_endpoint_url: str | None = None
+    # Where SendGrid is instead of https://api.sendgrid.com (or api.eu.sendgrid.com for EU
+    # credentials): an emulator. None: SendGrid.
+    sendgrid_base_url: str | None = None
+    # Sends in flight at once per mailer (SMTP transactions, SES or SendGrid requests) in this
+    # process: a burst queues here rather than tripping the provider's rate limits all at once.
+    max_concurrency: int = Field(128, ge=1, le=10_000)
+    # SNS bounce feed (POST /v1/mail-events/ses/...): https URL prefixes, each ending in "/"
+    # (https://127.0.0.1:8443/), that a SigningCertURL or SubscribeURL may point at besides
+    # sns.<region>.amazonaws.com: an emulator's. Empty in production, where only SNS may sign.
+    sns_allowed_url_prefixes: list[str] = Field(default_factory=list)
+    # A PEM bundle to trust instead of the system's CAs when fetching SNS certificates (an
+    # emulator's self-signed certificate); AWS's hosts need the system's.
+    sns_ca_file: Path | None = None
+    # SendGrid's signed event posts: how far the signature's timestamp may be from our clock.
+    # SendGrid signs each attempt as it sends it, so this only has to cover clock skew and
+    # transit; a longer window lets a captured post be replayed for longer.
+    sendgrid_signature_max_age_seconds: float = Field(600.0, gt=0, le=86_400)
+
+    @field_validator("smtp_allowed_networks")
+    @classmethod
+    def _smtp_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR network such as 10.0.0.0/8") from exc
+        return value
+
+
 class AdminSettings(BaseModel):
     """The operators' API (/v1/admin: dead letters)."""
 
@@ -338,6 +396,7 @@ class Settings(BaseSettings):
     webpush: WebPushSettings = WebPushSettings()
     wns: WnsSettings = WnsSettings()
     fcm: FcmSettings = FcmSettings()
+    email: EmailSettings = EmailSettings()
     limits: LimitsSettings = LimitsSettings()
     admin: AdminSettings = AdminSettings()
 

@@ -19,6 +19,7 @@ from clarion.domain.notifications import EventSpec, Recipients
 from clarion.domain.records import Claimed, Completion, UserFields
 from clarion.domain.statuses import Status, Subject
 from clarion.services.accepting import Accepting
+from clarion.services.relaying import Relay
 
 pytestmark = pytest.mark.usefixtures("clarion")
 
@@ -272,6 +273,33 @@ async def test_unrouted_events_are_found_again_for_redelivery(clarion: bootstrap
     assert accepted.id not in await clarion.store.unrouted_events(
         accepted_before=later, limit=10_000
     )
+
+
+async def test_the_redelivery_sweep_takes_every_stale_event_once_per_window(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    accepted = await clarion.accepting.accept_many(
+        tenant,
+        [(EventSpec(type="t", recipients=Recipients(users=(f"u{n}",))), None) for n in range(7)],
+    )
+    await clarion.routing.route(accepted[0].id)
+    wanted = {a.id for a in accepted[1:]}
+    relay = Relay(clarion.store, clarion.bus, clarion.clock, batch=3, interval=1, redeliver_after=0)
+    # Pages of 3 until none is left: all six unrouted ones in one sweep, the routed one not.
+    later = clarion.clock.now() + timedelta(seconds=1)
+    taken = []
+    while page := await clarion.store.take_stale_events(accepted_before=later, limit=3, now=later):
+        taken += page
+    assert sorted(taken) == sorted(wanted)
+    # Taken ones wait a window before they are taken again.
+    assert await clarion.store.take_stale_events(accepted_before=later, limit=10, now=later) == []
+    again = later + timedelta(seconds=1)
+    assert (
+        len(await clarion.store.take_stale_events(accepted_before=again, limit=10, now=again)) == 6
+    )
+    # The relay's sweep publishes every one of them, whatever its page size.
+    assert await relay.redeliver_stale(older_than=timedelta(seconds=-5)) == 6
 
 
 async def test_backlog_gives_everything_after_the_cursor_and_anything_pending(

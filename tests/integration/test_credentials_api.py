@@ -421,3 +421,193 @@ async def test_service_accounts_that_cannot_work_are_refused_with_the_reason(
     garbage = await tenant.http.put(FCM, json={"service_account": "{not json"})
     assert garbage.status_code == 422
     assert (await tenant.http.get(FCM)).status_code == 404
+
+
+# --- Email (SMTP, SES, SendGrid) ----------------------------------------------------------------
+
+EMAIL = "/v1/credentials/email/mail"
+SMTP_PASSWORD = "relay-password-123"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+SG_API_KEY = "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"
+
+
+def _smtp(**changes: Any) -> dict[str, Any]:
+    body = {
+        "kind": "smtp",
+        "host": "smtp.example.com",
+        "port": 587,
+        "security": "starttls",
+        "username": "clarion",
+        "password": SMTP_PASSWORD,
+    }
+    return {k: v for k, v in {**body, **changes}.items() if v is not None}
+
+
+def _ses(**changes: Any) -> dict[str, Any]:
+    body = {
+        "kind": "ses",
+        "region": "eu-west-1",
+        "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+        "secret_access_key": AWS_SECRET,
+        "configuration_set": "clarion-events",
+        "sns_topic_arn": "arn:aws:sns:eu-west-1:123456789012:ses-events",
+    }
+    return {k: v for k, v in {**body, **changes}.items() if v is not None}
+
+
+def _sendgrid(**changes: Any) -> dict[str, Any]:
+    body = {"kind": "sendgrid", "api_key": SG_API_KEY}
+    return {k: v for k, v in {**body, **changes}.items() if v is not None}
+
+
+def _spki(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, encoding: str) -> str:
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if encoding == "der":
+        return base64.b64encode(der).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+async def test_an_smtp_credential_is_stored_write_only(server: Running, tenant: Tenant) -> None:
+    created = await tenant.http.put(EMAIL, json=_smtp(host="SMTP.Example.com"))
+    assert created.status_code == 201, created.text
+    described = created.json()
+    assert (described["provider"], described["name"]) == ("email", "mail")
+    assert described["metadata"] == {
+        "kind": "smtp",
+        "host": "smtp.example.com",
+        "port": 587,
+        "security": "starttls",
+        "username": "clarion",
+    }
+    relay = await tenant.http.put(
+        EMAIL, json=_smtp(security="tls", port=465, username=None, password=None)
+    )
+    assert relay.status_code == 200, relay.text
+    assert relay.json()["id"] == described["id"]
+    assert relay.json()["metadata"]["username"] is None
+    again = await tenant.http.put(EMAIL, json=_smtp())
+    loaded = await server.clarion.credentials.load(tenant.id, "email", None)
+    assert loaded is not None
+    assert loaded.secret == SMTP_PASSWORD
+    for response in (
+        created,
+        again,
+        await tenant.http.get(EMAIL),
+        await tenant.http.get("/v1/credentials"),
+    ):
+        assert SMTP_PASSWORD not in response.text
+    assert (await tenant.http.delete(EMAIL)).status_code == 204
+    assert (await tenant.http.get(EMAIL)).status_code == 404
+    assert (await tenant.http.delete(EMAIL)).status_code == 404
+
+
+async def test_ses_and_sendgrid_credentials_are_stored_write_only(
+    server: Running, tenant: Tenant
+) -> None:
+    ses = await tenant.http.put("/v1/credentials/email/ses", json=_ses())
+    assert ses.status_code == 201, ses.text
+    assert ses.json()["metadata"] == {
+        "kind": "ses",
+        "region": "eu-west-1",
+        "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+        "configuration_set": "clarion-events",
+        "sns_topic_arn": "arn:aws:sns:eu-west-1:123456789012:ses-events",
+    }
+    key = ec.generate_private_key(ec.SECP256R1())
+    for encoding in ("der", "pem"):
+        sendgrid = await tenant.http.put(
+            "/v1/credentials/email/sendgrid",
+            json=_sendgrid(event_webhook_public_key=_spki(key, encoding), region="eu"),
+        )
+        assert sendgrid.status_code in (200, 201), sendgrid.text
+        metadata = sendgrid.json()["metadata"]
+        assert metadata["kind"] == "sendgrid"
+        assert metadata["region"] == "eu"
+        # Kept as PEM whatever form it came in, for the event webhook's signature check.
+        assert metadata["event_webhook_public_key"] == _spki(key, "pem")
+    listed = await tenant.http.get("/v1/credentials")
+    assert [c["name"] for c in listed.json()["credentials"]] == ["sendgrid", "ses"]
+    for response in (ses, sendgrid, listed):
+        assert AWS_SECRET not in response.text
+        assert SG_API_KEY not in response.text
+        assert SG_API_KEY.split(".")[2] not in response.text
+    store = server.clarion.credentials
+    assert (await store.get(tenant.id, "email", "ses")).metadata["kind"] == "ses"
+    plain = await tenant.http.put("/v1/credentials/email/sendgrid", json=_sendgrid())
+    assert plain.json()["metadata"] == {
+        "kind": "sendgrid",
+        "region": "global",
+        "event_webhook_public_key": None,
+    }
+
+
+async def test_email_credentials_that_cannot_work_are_refused_naming_the_field(
+    tenant: Tenant,
+) -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        (_smtp(host="smtp example.com"), "body.host", "host name"),
+        (_smtp(host="-bad-.example.com"), "body.host", "host name"),
+        (_smtp(host="1.2.3.4.5"), "body.host", "host name"),
+        (_smtp(host="smtp.exämple.com"), "body.host", "xn--"),
+        (_smtp(port=0), "body.port", "1-65535"),
+        (_smtp(port=70000), "body.port", "1-65535"),
+        (_smtp(password=None), "body.password", "together"),
+        (_smtp(username=None), "body.username", "together"),
+        (_smtp(security="none"), "body.security", "never sends a password in clear"),
+        (_smtp(username=" padded"), "body.username", "printable"),
+        (_ses(region="mars-1"), "body.region", "AWS region"),
+        (_ses(access_key_id="akia-lower"), "body.access_key_id", "access key id"),
+        (_ses(secret_access_key="short"), "body.secret_access_key", "secret access key"),
+        (_ses(configuration_set="has space"), "body.configuration_set", "configuration set"),
+        (_ses(sns_topic_arn="arn:aws:sqs:eu-west-1:1:q"), "body.sns_topic_arn", "SNS topic"),
+        (
+            _ses(sns_topic_arn="arn:aws:sns:us-east-1:123456789012:ses-events"),
+            "body.sns_topic_arn",
+            "region",
+        ),
+        (_sendgrid(api_key="not-a-sendgrid-key"), "body.api_key", "SG."),
+        (
+            _sendgrid(event_webhook_public_key="bm90IGEga2V5"),
+            "body.event_webhook_public_key",
+            "P-256",
+        ),
+        (
+            _sendgrid(event_webhook_public_key=_spki(p384, "pem")),
+            "body.event_webhook_public_key",
+            "P-256",
+        ),
+        (
+            _sendgrid(event_webhook_public_key=_spki(rsa.generate_private_key(65537, 2048), "der")),
+            "body.event_webhook_public_key",
+            "P-256",
+        ),
+    ]
+    for body, field, words in cases:
+        response = await tenant.http.put(EMAIL, json=body)
+        assert response.status_code == 422, (body, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request"
+        assert words in error["message"], (body, error["message"])
+        assert error["details"]["fields"][0]["field"] == field, (body, error)
+        for secret in (SMTP_PASSWORD, AWS_SECRET, SG_API_KEY):
+            assert secret not in response.text
+    # Shapes pydantic refuses: an unknown kind, a field of another kind, a missing field.
+    for body in (
+        {"kind": "mailgun", "api_key": "x"},
+        {**_sendgrid(), "host": "smtp.example.com"},
+        {"kind": "ses", "region": "eu-west-1"},
+        _smtp(security="opportunistic"),
+    ):
+        response = await tenant.http.put(EMAIL, json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert SG_API_KEY not in response.text
+        assert SMTP_PASSWORD not in response.text
+    assert (await tenant.http.get(EMAIL)).status_code == 404

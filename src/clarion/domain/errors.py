@@ -5,10 +5,11 @@ The tree::
     ClarionError
     ├── InvalidRequest (400/422)   the caller sent something we will not take
     │   ├── MalformedJson, BodyTooLarge, UnknownGroup, UnknownCommunity, TooManyRecipients,
-    │   │   NoRecipients, IdempotencyKeyReused, InvalidIdentifier, InvalidFrame
+    │   │   NoRecipients, IdempotencyKeyReused, InvalidIdentifier, InvalidFrame, TemplateFailed
     ├── Unauthorized (401)         no credential, or one we do not accept
-    │   ├── InvalidApiKey, InvalidUserToken
+    │   ├── InvalidApiKey, InvalidUserToken, InvalidSignature, SignatureRequired
     ├── NotFound (404)             missing, or not yours (the two are never told apart)
+    │   ├── UnknownUnsubscribeLink, UnknownEventSource, UnknownTopic
     ├── Conflict (409)             the request clashes with the state it found
     ├── RateLimited (429)          the tenant is over its rate limit; retry after a while
     └── Unavailable (503)          not now: the database is unreachable; retry after a while
@@ -86,6 +87,15 @@ class UnknownChannel(InvalidRequest):
     code = "unknown_channel"
 
 
+class TemplateFailed(InvalidRequest):
+    """The template cannot be saved or rendered as sent.
+
+    Invalid syntax, an undefined value, something the sandbox refuses, or a limit crossed.
+    """
+
+    code = "template_error"
+
+
 class IdempotencyKeyReused(InvalidRequest):
     """This Idempotency-Key was used before with a different request body."""
 
@@ -124,11 +134,41 @@ class InvalidUserToken(Unauthorized):
     code = "invalid_user_token"
 
 
+class InvalidSignature(Unauthorized):
+    """The request's signature is missing, stale or does not verify."""
+
+    code = "invalid_signature"
+
+
+class SignatureRequired(Unauthorized):
+    """Unsigned events are refused: register the provider's signing key first."""
+
+    code = "signature_required"
+
+
 class NotFound(ClarionError):
     """No such resource."""
 
     code = "not_found"
     status = 404
+
+
+class UnknownUnsubscribeLink(NotFound):
+    """This unsubscribe link is not valid."""
+
+    code = "unknown_unsubscribe_link"
+
+
+class UnknownEventSource(NotFound):
+    """No mail provider of this tenant sends events here."""
+
+    code = "unknown_event_source"
+
+
+class UnknownTopic(NotFound):
+    """The notification comes from an SNS topic this tenant did not register."""
+
+    code = "unknown_topic"
 
 
 class Conflict(ClarionError):

@@ -68,6 +68,9 @@ class GroupRecord:
     member_count: int
     created_at: datetime
     updated_at: datetime
+    fcm_topic: str | None = None
+    """The FCM topic the tenant's apps subscribe its members to: events naming it go to FCM as
+    one topic send instead of one send per member's device."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ class Routed:
     notification_id: str
     recipients: int
     deliveries: int
+    topic_sends: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,25 @@ class EventReport:
     notification_id: str | None
     recipients: StatusCounts
     channels: dict[str, StatusCounts]
+    topics: tuple[TopicSendView, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSendView:
+    """One send of a notification to a provider topic (FCM), for reports."""
+
+    channel: str
+    topic: str
+    group: str | None
+    """The group or community whose mapping chose the topic (the first by key, if several)."""
+    status: str
+    """``pending``, ``sent`` or ``failed``."""
+    attempts: int
+    reference: str | None
+    """The provider's id of the message (FCM: ``projects/<p>/messages/<id>``) once sent."""
+    error: str | None
+    sent_at: datetime | None
+    failed_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +176,38 @@ class RecipientReport:
 
 
 @dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be stored: the id it gets, what it is, its idempotency key and the
+    fingerprint that key is checked against."""
+
+    event_id: str
+    spec: EventSpec
+    idempotency_key: str | None
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    """How a tenant's email goes out: through which of its email credentials (by name), which
+    one takes over while that one fails, and whom the mail is from."""
+
+    provider: str
+    fallback: str | None
+    sender: str
+    sender_name: str | None = None
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    """A tenant's own settings: the locale its templates fall back to, and its email sender
+    (None until it sets one up: no email goes out before)."""
+
+    default_locale: str
+    email: SenderSettings | None
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """A delivery a worker holds a lease on, with what it needs to send it."""
 
@@ -172,6 +227,44 @@ class Claimed:
     comparisons: a token registered again since is kept)."""
     keys: JsonObject = field(default_factory=dict)
     """For push channels, the device's keys (Web Push: ``p256dh`` and ``auth``)."""
+    locale: str | None = None
+    """For email, the user's locale (templates are chosen by it)."""
+    attributes: JsonObject = field(default_factory=dict)
+    """For email, the user's stored attributes (templates may use them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTopicSend:
+    """A topic send a worker holds a lease on: one message to every device subscribed to
+    `topic` at the provider, built from the notification alone (no recipient, so no locale,
+    no per-user template and no per-user opt-out)."""
+
+    id: int
+    fence: int
+    tenant_id: str
+    channel: str
+    topic: str
+    attempts: int
+    notification_id: str
+    event_id: str
+    type: str
+    title: str | None
+    body: str | None
+    data: JsonObject
+    category: str | None
+    group: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TopicCompletion:
+    """What became of one claimed topic send: `Delivered` → sent (its reference kept),
+    `RetryLater`/`AuthFailed` → due again at `retry_at`, anything else → failed."""
+
+    send_id: int
+    fence: int
+    outcome: Outcome
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

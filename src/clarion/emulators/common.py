@@ -115,6 +115,11 @@ def self_signed_certificate(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        # Every emulator's certificate has the same subject: with the key identifier OpenSSL
+        # tells them apart, so one CA bundle can trust several emulators at once.
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     return (

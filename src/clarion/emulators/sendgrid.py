@@ -7,12 +7,22 @@ with 1 to 1000 recipients in all, each address once, ``from``, a subject, ``cont
 empty body and ``X-Message-Id``, errors as ``{"errors": [{"message", "field", "help"}]}``, and
 ``429`` with ``X-RateLimit-Limit``/``-Remaining``/``-Reset`` above a configured rate. Written
 from protocols.md §5.2.
+
+It also plays the signed Event Webhook, written from SendGrid's documentation alone ("Event
+Webhook Reference", "Getting Started with the Event Webhook Security Features"): once told the
+webhook URL, it POSTs, after each accepted message, a JSON array of events (``processed`` for
+every recipient, plus a scripted ``bounce``, ``dropped`` or ``spamreport`` for a recipient),
+signed with its own ECDSA P-256 key: ``X-Twilio-Email-Event-Webhook-Signature`` is the base64
+DER signature (SHA-256) of ``X-Twilio-Email-Event-Webhook-Timestamp`` followed by the body. The
+control API shows the public key as base64 DER, as SendGrid's settings page does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import math
 import re
 import secrets
@@ -21,6 +31,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.emulators.http1 import (
     ControlError,
@@ -69,6 +83,19 @@ class ScriptedError:
     id: int = 0
 
 
+EVENT_KINDS = ("bounce", "blocked", "dropped", "spamreport")
+DROP_REASONS = ("Bounced Address", "Spam Reporting Address", "Unsubscribed Address", "Invalid")
+
+
+@dataclass
+class ScriptedEvent:
+    """What happens to a recipient after SendGrid accepts a message to it."""
+
+    recipient: str
+    event: str  # bounce | blocked (a bounce of type blocked) | dropped | spamreport
+    reason: str | None = None
+
+
 class Problem(Exception):
     def __init__(self, status: int, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -110,6 +137,11 @@ class SendGridEmulator(HttpEmulator):
         self._errors: list[ScriptedError] = []
         self._window: tuple[float, int] = (0.0, 0)
         self._ids = itertools.count(1)
+        self.webhook_url: str | None = None
+        self.events: dict[str, ScriptedEvent] = {}
+        self.posted: list[dict[str, Any]] = []
+        self._posting: set[asyncio.Task[None]] = set()
+        self._event_key = ec.generate_private_key(ec.SECP256R1())
         self._listen(
             self._serve,
             self._serve_control,
@@ -156,7 +188,27 @@ class SendGridEmulator(HttpEmulator):
         self._errors.append(error)
         return error
 
+    @property
+    def event_public_key(self) -> str:
+        """The Event Webhook's verification key, base64 DER, as the settings page shows it."""
+        der = self._event_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+
+    def script_event(self, recipient: str, event: str, reason: str | None = None) -> ScriptedEvent:
+        scripted = ScriptedEvent(recipient.lower(), event, reason)
+        self.events[scripted.recipient] = scripted
+        return scripted
+
+    async def settle(self) -> None:
+        """Wait until every event batch being posted has been answered (or failed)."""
+        while self._posting:
+            await asyncio.gather(*list(self._posting), return_exceptions=True)
+
     def reset(self) -> None:
+        self.events.clear()
+        self.posted.clear()
         self.sent.clear()
         self.attempts.clear()
         self._errors.clear()
@@ -220,7 +272,74 @@ class SendGridEmulator(HttpEmulator):
             raise Problem(scripted.status, scripted.message, scripted.field)
         message_id = secrets.token_urlsafe(16)
         self.sent.append({"message_id": message_id, "body": body, "time": now})
+        if self.webhook_url is not None:
+            batch = self._events_for(recipients, message_id, now)
+            task = asyncio.get_running_loop().create_task(self._post_events(batch, now))
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
         return Response(202, [("x-message-id", message_id), *headers])
+
+    # -- the Event Webhook -----------------------------------------------------------------------
+
+    def _events_for(
+        self, recipients: list[str], message_id: str, now: float
+    ) -> list[dict[str, Any]]:
+        batch = []
+        for recipient in recipients:
+            base = {
+                "email": recipient,
+                "timestamp": int(now),
+                "smtp-id": f"<{message_id}@ismtpd0001p1las1.sendgrid.net>",
+                "sg_event_id": secrets.token_urlsafe(16),
+                "sg_message_id": f"{message_id}.filterdrecv-1-2-3",
+                "category": [],
+            }
+            batch.append({**base, "event": "processed"})
+            scripted = self.events.get(recipient)
+            if scripted is None:
+                continue
+            event: dict[str, Any] = {**base, "sg_event_id": secrets.token_urlsafe(16)}
+            if scripted.event in ("bounce", "blocked"):
+                blocked = scripted.event == "blocked"
+                event |= {
+                    "event": "bounce",
+                    "type": scripted.event,
+                    "status": "5.7.1" if blocked else "5.1.1",
+                    "reason": scripted.reason
+                    or (
+                        "550 5.7.1 Service unavailable; client host blocked"
+                        if blocked
+                        else "550 5.1.1 The email account that you tried to reach does not exist."
+                    ),
+                }
+            elif scripted.event == "dropped":
+                event |= {"event": "dropped", "reason": scripted.reason or "Bounced Address"}
+            else:
+                event |= {"event": "spamreport"}
+            batch.append(event)
+        return batch
+
+    async def _post_events(self, batch: list[dict[str, Any]], now: float) -> None:
+        url = self.webhook_url
+        if url is None:
+            return
+        body = json.dumps(batch).encode()
+        timestamp = str(int(now))
+        signature = self._event_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "SendGrid Event API",
+            "x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode(),
+            "x-twilio-email-event-webhook-timestamp": timestamp,
+        }
+        record: dict[str, Any] = {"url": url, "events": batch}
+        try:
+            async with httpx.AsyncClient(timeout=15, trust_env=False) as client:
+                answer = await client.post(url, content=body, headers=headers)
+            record["status"] = answer.status_code
+        except httpx.HTTPError as exc:
+            record["error"] = repr(exc)
+        self.posted.append(record)
 
     def _validate(self, request: Request) -> dict[str, Any]:
         content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
@@ -450,6 +569,42 @@ class SendGridEmulator(HttpEmulator):
                 raise ControlError(400, "ms is a number of milliseconds >= 0")
             self.latency_ms = float(ms)
             return 200, {"ms": self.latency_ms}
+        if route == ("GET", "/control/event-webhook"):
+            return 200, {
+                "url": self.webhook_url,
+                "enabled": self.webhook_url is not None,
+                "signed": True,
+                "public_key": self.event_public_key,
+            }
+        if route == ("POST", "/control/event-webhook"):
+            url = json_body(request).get("url")
+            if url is not None and (
+                not isinstance(url, str) or not url.startswith(("http://", "https://"))
+            ):
+                raise ControlError(400, "url is an http(s) URL or null")
+            self.webhook_url = url
+            return 200, {"url": url, "public_key": self.event_public_key}
+        if route == ("POST", "/control/events"):
+            given = json_body(request)
+            recipient, event, reason = (
+                given.get("recipient"),
+                given.get("event", "bounce"),
+                given.get("reason"),
+            )
+            if not isinstance(recipient, str) or not EMAIL.match(recipient):
+                raise ControlError(400, "recipient is an address")
+            if event not in EVENT_KINDS:
+                raise ControlError(400, f"event is one of {', '.join(EVENT_KINDS)}")
+            if reason is not None and not isinstance(reason, str):
+                raise ControlError(400, "reason is a string")
+            if event == "dropped" and reason is not None and reason not in DROP_REASONS:
+                raise ControlError(400, f"a drop reason is one of {', '.join(DROP_REASONS)}")
+            return 201, asdict(self.script_event(recipient, event, reason))
+        if route == ("GET", "/control/events"):
+            return 200, {
+                "scripted": [asdict(e) for e in self.events.values()],
+                "posted": self.posted,
+            }
         if route == ("POST", "/control/reset"):
             self.reset()
             return 200, {"reset": True}

@@ -6,6 +6,15 @@ off, validates the body (``FromEmailAddress``, ``Destination``, exactly one of `
 ``Raw`` or ``Template``, base64 raw MIME up to 40 MB), throttles above a configured rate, and
 answers like SES: ``200 {"MessageId": ...}``, or an error status with
 ``x-amzn-ErrorType: <Code>`` and ``{"message": ...}``. Written from protocols.md §5.1.
+
+It also plays Amazon SNS for SES's bounce and complaint notifications, written from AWS's
+documentation alone ("Use Amazon SNS with HTTP/S endpoints", "Verifying the signatures of
+Amazon SNS messages", "Amazon SES notification contents"): an HTTP(S) endpoint subscribed to a
+topic gets a signed ``SubscriptionConfirmation`` and is confirmed when it GETs the
+``SubscribeURL``; after a successful ``SendEmail`` to a recipient scripted to bounce or
+complain, every confirmed endpoint of the topic gets a ``Notification`` whose ``Message`` is
+SES's JSON. Messages are signed with SignatureVersion 2 (SHA256withRSA) by the emulator's own
+RSA key, whose self-signed certificate is served from this server at ``SigningCertURL``.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import email.policy
 import hashlib
 import hmac
 import itertools
+import json
 import re
 import secrets
 import time
@@ -25,10 +35,16 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlencode
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 
 from clarion.emulators.http1 import (
     ControlError,
@@ -57,6 +73,18 @@ AUTHORIZATION = re.compile(
 ADDRESS = re.compile(r"^(?:[^<>]*<)?[^@\s<>]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+>?$")
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 CONTENT_KINDS = ("Simple", "Raw", "Template")
+TOPIC_ARN = re.compile(r"^arn:aws:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+FEEDBACK_KINDS = ("Permanent", "Transient", "Complaint")
+SNS_NOTIFICATION_FIELDS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
+SNS_CONFIRMATION_FIELDS = (
+    "Message",
+    "MessageId",
+    "SubscribeURL",
+    "Timestamp",
+    "Token",
+    "TopicArn",
+    "Type",
+)
 
 
 @dataclass
@@ -69,6 +97,26 @@ class ScriptedError:
     recipient: str | None = None
     remaining: int | None = None
     id: int = 0
+
+
+@dataclass
+class SnsSubscription:
+    """An HTTP(S) endpoint subscribed to a topic."""
+
+    topic_arn: str
+    endpoint: str
+    token: str
+    arn: str
+    confirmed: bool = False
+
+
+@dataclass
+class ScriptedFeedback:
+    """What a recipient's mailbox does after SES accepts a message to it."""
+
+    recipient: str
+    kind: str  # Permanent | Transient (bounce types) | Complaint
+    topic_arn: str | None = None
 
 
 class AwsError(Exception):
@@ -114,6 +162,13 @@ class SesEmulator(HttpEmulator):
         self._errors: list[ScriptedError] = []
         self._recent: deque[float] = deque()
         self._ids = itertools.count(1)
+        self.subscriptions: list[SnsSubscription] = []
+        self.feedback: dict[str, ScriptedFeedback] = {}
+        self.published: list[dict[str, Any]] = []
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._sns_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.signing_certificate_pem = _signing_certificate(self._sns_key)
+        self._cert_path = f"/SimpleNotificationService-{secrets.token_hex(16)}.pem"
         self._listen(
             self._serve,
             self._serve_control,
@@ -159,6 +214,51 @@ class SesEmulator(HttpEmulator):
         self._errors.clear()
         self._recent.clear()
         self.latency_ms = 0.0
+        self.feedback.clear()
+        self.published.clear()
+
+    async def subscribe(self, topic_arn: str, endpoint: str) -> SnsSubscription:
+        """Subscribe an HTTP(S) endpoint to `topic_arn`: SNS POSTs it a signed
+        ``SubscriptionConfirmation``; it stays pending until the endpoint GETs ``SubscribeURL``."""
+        subscription = SnsSubscription(
+            topic_arn, endpoint, secrets.token_hex(64), f"{topic_arn}:{uuid.uuid4()}"
+        )
+        self.subscriptions.append(subscription)
+        query = urlencode(
+            {
+                "Action": "ConfirmSubscription",
+                "TopicArn": topic_arn,
+                "Token": subscription.token,
+            }
+        )
+        message = {
+            "Type": "SubscriptionConfirmation",
+            "MessageId": str(uuid.uuid4()),
+            "Token": subscription.token,
+            "TopicArn": topic_arn,
+            "Message": (
+                f"You have chosen to subscribe to the topic {topic_arn}.\n"
+                "To confirm the subscription, visit the SubscribeURL included in this message."
+            ),
+            "SubscribeURL": f"{self.endpoint}/?{query}",
+            "Timestamp": _sns_time(self._clock()),
+        }
+        await self._deliver(subscription, message)
+        return subscription
+
+    def script_feedback(
+        self, recipient: str, kind: str, topic_arn: str | None = None
+    ) -> ScriptedFeedback:
+        """After the next successful sends to `recipient`, publish a bounce (`kind` Permanent
+        or Transient) or a complaint (Complaint) to `topic_arn` (every topic when None)."""
+        feedback = ScriptedFeedback(recipient.lower(), kind, topic_arn)
+        self.feedback[feedback.recipient] = feedback
+        return feedback
+
+    async def settle(self) -> None:
+        """Wait until every notification being published has been delivered (or failed)."""
+        while self._publishing:
+            await asyncio.gather(*list(self._publishing), return_exceptions=True)
 
     # -- the service -----------------------------------------------------------------------------
 
@@ -183,6 +283,12 @@ class SesEmulator(HttpEmulator):
         return response
 
     def _send(self, request: Request, now: float) -> Response:
+        if request.method == "GET" and request.path == self._cert_path:
+            return Response(
+                200, [("content-type", "application/x-pem-file")], self.signing_certificate_pem
+            )
+        if request.method == "GET" and request.path == "/":
+            return self._confirm_subscription(request)
         if request.path != PATH:
             raise AwsError(404, "NotFoundException", f"no operation at {request.path}")
         if request.method != "POST":
@@ -204,6 +310,7 @@ class SesEmulator(HttpEmulator):
                 raise AwsError(429, "TooManyRequestsException", "Maximum sending rate exceeded.")
             self._recent.append(now)
         message_id = f"0100{secrets.token_hex(6)}-{uuid.uuid4()}-000000"
+        self._publish_feedback(recipients, message_id, body["FromEmailAddress"], now)
         self.sent.append(
             {
                 "message_id": message_id,
@@ -272,6 +379,85 @@ class SesEmulator(HttpEmulator):
                 "The request signature we calculated does not match the signature you provided.",
             )
         return match["key"]
+
+    # -- Amazon SNS ------------------------------------------------------------------------------
+
+    def _confirm_subscription(self, request: Request) -> Response:
+        query = {k: v[0] for k, v in request.query.items() if v}
+        if query.get("Action") != "ConfirmSubscription":
+            raise AwsError(400, "InvalidAction", "only ConfirmSubscription is served here")
+        for subscription in self.subscriptions:
+            if subscription.topic_arn == query.get("TopicArn") and subscription.token == query.get(
+                "Token"
+            ):
+                subscription.confirmed = True
+                body = (
+                    '<ConfirmSubscriptionResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">'
+                    "<ConfirmSubscriptionResult><SubscriptionArn>"
+                    f"{subscription.arn}</SubscriptionArn></ConfirmSubscriptionResult>"
+                    "</ConfirmSubscriptionResponse>"
+                )
+                return Response(200, [("content-type", "text/xml")], body.encode())
+        raise AwsError(404, "NotFound", "no pending subscription has this token")
+
+    def _publish_feedback(
+        self, recipients: list[str], message_id: str, source: str, now: float
+    ) -> None:
+        for recipient in recipients:
+            address = recipient.rpartition("<")[2].rstrip(">")
+            feedback = self.feedback.get(address.lower())
+            if feedback is None:
+                continue
+            event = _ses_event(feedback.kind, address, message_id, source, recipients, now)
+            for subscription in self.subscriptions:
+                if subscription.confirmed and feedback.topic_arn in (None, subscription.topic_arn):
+                    message = {
+                        "Type": "Notification",
+                        "MessageId": str(uuid.uuid4()),
+                        "TopicArn": subscription.topic_arn,
+                        "Message": json.dumps(event),
+                        "Timestamp": _sns_time(now),
+                        "UnsubscribeURL": (
+                            f"{self.endpoint}/?Action=Unsubscribe"
+                            f"&SubscriptionArn={quote(subscription.arn, safe='')}"
+                        ),
+                    }
+                    task = asyncio.get_running_loop().create_task(
+                        self._deliver(subscription, message)
+                    )
+                    self._publishing.add(task)
+                    task.add_done_callback(self._publishing.discard)
+
+    async def _deliver(self, subscription: SnsSubscription, message: dict[str, Any]) -> None:
+        message["SignatureVersion"] = "2"
+        message["SigningCertURL"] = f"{self.endpoint}{self._cert_path}"
+        names = (
+            SNS_NOTIFICATION_FIELDS
+            if message["Type"] == "Notification"
+            else SNS_CONFIRMATION_FIELDS
+        )
+        to_sign = "".join(f"{n}\n{message[n]}\n" for n in names if n in message).encode()
+        signature = self._sns_key.sign(to_sign, padding.PKCS1v15(), hashes.SHA256())
+        message["Signature"] = base64.b64encode(signature).decode()
+        headers = {
+            "content-type": "text/plain; charset=UTF-8",
+            "user-agent": "Amazon Simple Notification Service Agent",
+            "x-amz-sns-message-type": message["Type"],
+            "x-amz-sns-message-id": message["MessageId"],
+            "x-amz-sns-topic-arn": subscription.topic_arn,
+        }
+        if message["Type"] == "Notification":
+            headers["x-amz-sns-subscription-arn"] = subscription.arn
+        record: dict[str, Any] = {"endpoint": subscription.endpoint, "message": message}
+        try:
+            async with httpx.AsyncClient(timeout=15, trust_env=False) as client:
+                answer = await client.post(
+                    subscription.endpoint, content=json.dumps(message).encode(), headers=headers
+                )
+            record["status"] = answer.status_code
+        except httpx.HTTPError as exc:
+            record["error"] = repr(exc)
+        self.published.append(record)
 
     def _validate(self, request: Request) -> dict[str, Any]:
         if request.size > MAX_MESSAGE_BYTES * 2:
@@ -396,6 +582,17 @@ class SesEmulator(HttpEmulator):
 
     async def _serve_control(self, request: Request) -> Response:
         try:
+            if (request.method, request.path) == ("POST", "/control/notifications"):
+                given = json_body(request)
+                topic_arn, endpoint = given.get("topic_arn"), given.get("endpoint")
+                if not isinstance(topic_arn, str) or not TOPIC_ARN.match(topic_arn):
+                    raise ControlError(400, "topic_arn is an SNS topic ARN")
+                if not isinstance(endpoint, str) or not endpoint.startswith(
+                    ("http://", "https://")
+                ):
+                    raise ControlError(400, "endpoint is an http(s) URL")
+                subscription = await self.subscribe(topic_arn, endpoint)
+                return Response.of_json(201, asdict(subscription))
             status, answer = self._control_route(request)
         except ControlError as exc:
             status, answer = exc.status, {"error": exc.message}
@@ -458,6 +655,27 @@ class SesEmulator(HttpEmulator):
                 raise ControlError(400, "ms is a number of milliseconds >= 0")
             self.latency_ms = float(ms)
             return 200, {"ms": self.latency_ms}
+        if route == ("POST", "/control/bounces"):
+            given = json_body(request)
+            recipient, kind = given.get("recipient"), given.get("type", "Permanent")
+            topic_arn = given.get("topic_arn")
+            if not isinstance(recipient, str) or not ADDRESS.match(recipient):
+                raise ControlError(400, "recipient is an address")
+            if kind not in FEEDBACK_KINDS:
+                raise ControlError(400, f"type is one of {', '.join(FEEDBACK_KINDS)}")
+            if topic_arn is not None and (
+                not isinstance(topic_arn, str) or not TOPIC_ARN.match(topic_arn)
+            ):
+                raise ControlError(400, "topic_arn is an SNS topic ARN or null")
+            return 201, asdict(self.script_feedback(recipient, kind, topic_arn))
+        if route == ("GET", "/control/bounces"):
+            return 200, [asdict(f) for f in self.feedback.values()]
+        if route == ("GET", "/control/notifications"):
+            return 200, {
+                "subscriptions": [asdict(s) for s in self.subscriptions],
+                "published": self.published,
+                "signing_cert_url": f"{self.endpoint}{self._cert_path}",
+            }
         if route == ("POST", "/control/reset"):
             self.reset()
             return 200, {"reset": True}
@@ -499,3 +717,78 @@ def _signature(
     for part in (date, region, "ses", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def _sns_time(now: float) -> str:
+    """SNS's ``Timestamp``: ISO 8601 UTC with milliseconds (``2012-05-02T00:54:06.655Z``)."""
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _ses_event(
+    kind: str, address: str, message_id: str, source: str, recipients: list[str], now: float
+) -> dict[str, Any]:
+    """SES's notification JSON for a bounce or complaint ("Amazon SES notification contents")."""
+    at = _sns_time(now)
+    mail = {
+        "timestamp": at,
+        "messageId": message_id,
+        "source": source,
+        "destination": recipients,
+    }
+    feedback_id = f"0100{secrets.token_hex(8)}-{uuid.uuid4()}-000000"
+    if kind == "Complaint":
+        return {
+            "notificationType": "Complaint",
+            "complaint": {
+                "complainedRecipients": [{"emailAddress": address}],
+                "timestamp": at,
+                "feedbackId": feedback_id,
+                "userAgent": "Clarion SES emulator",
+                "complaintFeedbackType": "abuse",
+                "arrivalDate": at,
+            },
+            "mail": mail,
+        }
+    permanent = kind == "Permanent"
+    return {
+        "notificationType": "Bounce",
+        "bounce": {
+            "bounceType": kind,
+            "bounceSubType": "General",
+            "bouncedRecipients": [
+                {
+                    "emailAddress": address,
+                    "action": "failed",
+                    "status": "5.1.1" if permanent else "4.2.2",
+                    "diagnosticCode": (
+                        "smtp; 550 5.1.1 user unknown"
+                        if permanent
+                        else "smtp; 452 4.2.2 mailbox full"
+                    ),
+                }
+            ],
+            "timestamp": at,
+            "feedbackId": feedback_id,
+            "reportingMTA": "dsn; a8-70.smtp-out.amazonses.com",
+        },
+        "mail": mail,
+    }
+
+
+def _signing_certificate(key: rsa.RSAPrivateKey) -> bytes:
+    """A self-signed certificate for the SNS signing key, as SNS publishes its own."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    # The certificate's validity is checked against real time by whoever fetches it.
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)

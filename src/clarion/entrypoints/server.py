@@ -27,10 +27,14 @@ from clarion.entrypoints.api.routes import (
     directory,
     events,
     health,
+    mail_events,
     me,
+    settings as settings_routes,
     stats,
+    templates,
     token_keys,
     tokens,
+    unsubscribe,
     webhooks,
 )
 from clarion.entrypoints.gateway import websocket
@@ -87,6 +91,10 @@ def create_app(clarion: Clarion) -> FastAPI:
         stats,
         webhooks,
         credentials,
+        unsubscribe,
+        mail_events,
+        templates,
+        settings_routes,
         health,
     ):
         app.include_router(module.router)
@@ -216,6 +224,8 @@ def _worker_jobs(
         ("delivering", clarion.delivering.run(stop)),
         ("callbacks", clarion.callbacks.run(stop)),
     ]
+    if clarion.broadcasting is not None:
+        jobs.append(("broadcasting", clarion.broadcasting.run(stop)))
     return jobs
 
 

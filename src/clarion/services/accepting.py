@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from clarion.domain import errors
 from clarion.domain.channels import PUSH, REALTIME, Channel
 from clarion.domain.notifications import AcceptedEvent, EventSpec
-from clarion.services.ports import Clock, Store
+from clarion.services.ports import Clock, NewEvent, Store
 
 log = logging.getLogger(__name__)
 
@@ -131,27 +131,10 @@ class Accepting:
             errors.IdempotencyKeyReused: the key was used with another body.
             errors.Overloaded: too many accepted events wait for the workers (see `Backlog`).
         """
-        if spec.recipients.is_empty():
-            raise errors.NoRecipients()
-        unavailable = [c for c in spec.channels or () if c not in self._channels]
-        if unavailable:
-            raise errors.UnknownChannel(
-                f"no transport is configured for {', '.join(map(str, unavailable))}"
-            )
-        if spec.recipients.count() > self._max_recipients:
-            raise errors.TooManyRecipients(
-                f"an event may name at most {self._max_recipients} recipients; use a group"
-            )
+        self._check(spec)
         if self._backlog is not None:
             await self._backlog.check()
-        for kind, named, error in (
-            ("group", spec.recipients.groups, errors.UnknownGroup),
-            ("community", spec.recipients.communities, errors.UnknownCommunity),
-        ):
-            if named:
-                missing = await self._store.missing_groups(tenant_id, named, kind)
-                if missing:
-                    raise error(f"no {kind} named {', '.join(map(repr, missing[:10]))}")
+        await self._check_groups(tenant_id, [spec])
         fingerprint = spec.fingerprint()
         event_id = str(uuid.uuid4())
         stored = await self._store.insert_event(
@@ -168,3 +151,83 @@ class Accepting:
         if created:
             self._on_accepted()
         return AcceptedEvent(id=stored.id, created=created)
+
+    async def accept_many(
+        self, tenant_id: str, batch: Sequence[tuple[EventSpec, str | None]]
+    ) -> list[AcceptedEvent]:
+        """Store a batch of events (each with its optional idempotency key) in one transaction:
+        all of them, or, when one is refused, none. One answer per event, in order; an event
+        whose key was seen before answers the id it was given then.
+
+        Raises:
+            as `accept`, for the first event that is refused, its message prefixed with its
+            place (``events[3]: ...``).
+        """
+        for index, (spec, _) in enumerate(batch):
+            try:
+                self._check(spec)
+            except errors.ClarionError as exc:
+                raise type(exc)(f"events[{index}]: {exc.message}", **exc.details) from None
+        if self._backlog is not None:
+            await self._backlog.check()
+        await self._check_groups(tenant_id, [spec for spec, _ in batch])
+        entries: list[NewEvent] = []
+        by_key: dict[str, NewEvent] = {}
+        for index, (spec, key) in enumerate(batch):
+            entry = NewEvent(str(uuid.uuid4()), spec, key, spec.fingerprint())
+            if key is not None:
+                first = by_key.setdefault(key, entry)
+                if first.fingerprint != entry.fingerprint:
+                    raise errors.IdempotencyKeyReused(
+                        f"events[{index}]: the idempotency key is used twice with different events"
+                    )
+                entry = first
+            entries.append(entry)
+        unique = list({id(e): e for e in entries}.values())
+        stored = await self._store.insert_events(
+            tenant_id=tenant_id, batch=unique, now=self._clock.now()
+        )
+        found = {entry.event_id: s for entry, s in zip(unique, stored, strict=True)}
+        answers: list[AcceptedEvent] = []
+        for index, entry in enumerate(entries):
+            event = found[entry.event_id]
+            if event.fingerprint != entry.fingerprint:
+                raise errors.IdempotencyKeyReused(
+                    f"events[{index}]: the idempotency key was used with another event"
+                )
+            answers.append(AcceptedEvent(id=event.id, created=event.id == entry.event_id))
+        if any(a.created for a in answers):
+            self._on_accepted()
+        return answers
+
+    def _check(self, spec: EventSpec) -> None:
+        if spec.recipients.is_empty():
+            raise errors.NoRecipients()
+        unavailable = [c for c in spec.channels or () if c not in self._channels]
+        if unavailable:
+            raise errors.UnknownChannel(
+                f"no transport is configured for {', '.join(map(str, unavailable))}"
+            )
+        if spec.recipients.count() > self._max_recipients:
+            raise errors.TooManyRecipients(
+                f"an event may name at most {self._max_recipients} recipients; use a group"
+            )
+
+    async def _check_groups(self, tenant_id: str, specs: Sequence[EventSpec]) -> None:
+        for kind, error in (
+            ("group", errors.UnknownGroup),
+            ("community", errors.UnknownCommunity),
+        ):
+            named = list(
+                dict.fromkeys(
+                    key
+                    for spec in specs
+                    for key in (
+                        spec.recipients.groups if kind == "group" else spec.recipients.communities
+                    )
+                )
+            )
+            if named:
+                missing = await self._store.missing_groups(tenant_id, named, kind)
+                if missing:
+                    raise error(f"no {kind} named {', '.join(map(repr, missing[:10]))}")

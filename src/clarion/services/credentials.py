@@ -8,6 +8,9 @@ credential the provider refuses (APNs 403 on the key) until the tenant replaces 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import logging
 import re
 from collections.abc import Mapping
@@ -25,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from clarion.domain import errors, identifiers
 from clarion.domain.notifications import JsonObject
 from clarion.services.ports import Clock, Credential, CredentialInfo, CredentialStore
-from clarion.wire import fcm, webpush
+from clarion.wire import email as wire_email, fcm, webpush
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ APNS = "apns"
 FCM = "fcm"
 WEBPUSH = "webpush"
 WNS = "wns"
+EMAIL = "email"
 PROVIDERS = (APNS, "fcm", "wns", "webpush", "email")
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -57,6 +61,27 @@ GOOGLE_TOKEN_HOSTS = ("accounts.google.com", ".googleapis.com")
 (``oauth2.googleapis.com``, and private ones under ``googleapis.com``). Any other host would have
 Clarion post an hour-long grant, and read the answer, wherever a tenant points it; an emulator is
 reached through the operator's ``fcm.token_url`` setting instead."""
+
+EMAIL_KINDS = ("smtp", "ses", "sendgrid")
+SMTP_SECURITY = ("starttls", "tls", "none")
+"""``starttls``: STARTTLS is required (RFC 3207), never an opportunistic upgrade that an attacker
+can strip; ``tls``: implicit TLS from the first byte (RFC 8314, port 465); ``none``: plain text,
+only when the tenant says so, and then without AUTH (the password would travel in clear)."""
+MAX_SMTP_USERNAME_LENGTH = 255
+MAX_SMTP_PASSWORD_LENGTH = 500
+SMTP_HOST_LABEL_PATTERN = r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$"
+AWS_ACCESS_KEY_ID_PATTERN = r"^[A-Z0-9]{16,128}$"
+"""AWS access key ids: upper-case letters and digits (``AKIA…`` long-term, ``ASIA…`` STS)."""
+AWS_SECRET_PATTERN = r"^[A-Za-z0-9/+=]{16,128}$"  # noqa: S105 (a pattern)
+AWS_REGION_PATTERN = r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$"
+SES_CONFIGURATION_SET_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+SNS_TOPIC_ARN_PATTERN = (
+    r"^arn:aws[a-z-]*:sns:([a-z]{2}(-[a-z0-9]+)+-[0-9]+):[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$"
+)
+SENDGRID_KEY_PATTERN = r"^SG\.[A-Za-z0-9_-]{1,100}\.[A-Za-z0-9_-]{1,100}$"
+"""SendGrid API keys read ``SG.<id>.<secret>`` (base64url parts)."""
+SENDGRID_REGIONS = ("global", "eu")
+"""``eu``: a subuser with EU data residency, sent through ``api.eu.sendgrid.com``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +324,91 @@ class Credentials:
         )
         return SavedCredential(credential=info, created=created)
 
+    async def put_email(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        kind: str,
+        host: str | None = None,
+        port: int | None = None,
+        security: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        configuration_set: str | None = None,
+        sns_topic_arn: str | None = None,
+        api_key: str | None = None,
+        event_webhook_public_key: str | None = None,
+    ) -> SavedCredential:
+        """Create or replace the tenant's email credential `name` (protocols.md §5):
+
+        - ``smtp``: a relay's `host`, `port` and `security` (`SMTP_SECURITY`), and optionally
+          a `username` and `password` for AUTH (RFC 4954), both or neither, never with
+          ``none``. The password is sealed; the rest is metadata.
+        - ``ses``: an AWS `region`, `access_key_id` and `secret_access_key` (sealed) for SES
+          v2 ``SendEmail``; optionally a `configuration_set` (where SES publishes bounce and
+          complaint events) and the `sns_topic_arn` those events arrive from (the SES bounce
+          webhook accepts notifications from this topic only).
+        - ``sendgrid``: an `api_key` (sealed), optionally the `region` (`SENDGRID_REGIONS`)
+          and the Event Webhook's `event_webhook_public_key` (EC P-256, PEM or base64 DER),
+          kept as PEM for the event webhook's ECDSA check.
+
+        Raises:
+            errors.InvalidRequest: naming the first field that cannot work.
+        """
+        _check_name(name)
+        _check(kind in EMAIL_KINDS, "body.kind", "must be smtp, ses or sendgrid")
+        given = {
+            "host": host,
+            "port": port,
+            "security": security,
+            "username": username,
+            "password": password,
+            "region": region,
+            "access_key_id": access_key_id,
+            "secret_access_key": secret_access_key,
+            "configuration_set": configuration_set,
+            "sns_topic_arn": sns_topic_arn,
+            "api_key": api_key,
+            "event_webhook_public_key": event_webhook_public_key,
+        }
+        allowed = {
+            "smtp": {"host", "port", "security", "username", "password"},
+            "ses": {
+                "region",
+                "access_key_id",
+                "secret_access_key",
+                "configuration_set",
+                "sns_topic_arn",
+            },
+            "sendgrid": {"api_key", "region", "event_webhook_public_key"},
+        }[kind]
+        for field, value in given.items():
+            _check(value is None or field in allowed, f"body.{field}", f"not a {kind} field")
+        metadata: JsonObject
+        if kind == "smtp":
+            metadata, secret = _smtp(host, port, security, username, password)
+        elif kind == "ses":
+            metadata, secret = _ses(
+                region, access_key_id, secret_access_key, configuration_set, sns_topic_arn
+            )
+        else:
+            metadata, secret = _sendgrid(api_key, region, event_webhook_public_key)
+        info, created = await self._store.put_credential(
+            tenant_id,
+            EMAIL,
+            name,
+            app_id=None,
+            environment=None,
+            metadata=metadata,
+            secret=secret,
+            now=self._clock.now(),
+        )
+        return SavedCredential(credential=info, created=created)
+
     async def list_credentials(self, tenant_id: str) -> list[CredentialInfo]:
         """The tenant's credentials, described, never their secrets."""
         return await self._store.list_credentials(tenant_id)
@@ -327,6 +437,10 @@ class Credentials:
         """The opened credential a provider client uses for devices of `app_id`: the active
         one naming that app, else the tenant's active default; None when there is neither."""
         return await self._store.load_credential(tenant_id, provider, app_id)
+
+    async def load_named(self, tenant_id: str, provider: str, name: str) -> Credential | None:
+        """The tenant's credential `name` for `provider`, opened (paused or not), or None."""
+        return await self._store.load_named_credential(tenant_id, provider, name)
 
     async def pause(self, tenant_id: str, credential_id: str, reason: str) -> bool:
         """Stop using a credential the provider refused (an APNs 403 on the key) until the
@@ -398,3 +512,162 @@ def _certificate(pem: str | None, key: PrivateKeyTypes, *, now: datetime) -> x50
             f"the certificate is not valid before {cert.not_valid_before_utc.isoformat()}",
         )
     return cert
+
+
+def _smtp(
+    host: str | None,
+    port: int | None,
+    security: str | None,
+    username: str | None,
+    password: str | None,
+) -> tuple[JsonObject, str]:
+    _check(host is not None, "body.host", "an SMTP credential needs the relay's host")
+    assert host is not None
+    _check(_is_host(host), "body.host", "must be a host name (xn-- for IDNs) or an IP address")
+    _check(
+        isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536,
+        "body.port",
+        "must be a TCP port, 1-65535 (587 for STARTTLS, 465 for implicit TLS)",
+    )
+    _check(security in SMTP_SECURITY, "body.security", "must be starttls, tls or none")
+    _check(
+        (username is None) == (password is None),
+        "body.password" if username is not None else "body.username",
+        "username and password go together (AUTH), or neither is given",
+    )
+    if username is not None and password is not None:
+        _check(
+            security != "none",
+            "body.security",
+            "AUTH needs starttls or tls: Clarion never sends a password in clear",
+        )
+        _check(
+            0 < len(username) <= MAX_SMTP_USERNAME_LENGTH
+            and username.isprintable()
+            and username.strip() == username,
+            "body.username",
+            f"a username is 1-{MAX_SMTP_USERNAME_LENGTH} printable characters",
+        )
+        _check(
+            0 < len(password) <= MAX_SMTP_PASSWORD_LENGTH and password.isprintable(),
+            "body.password",
+            f"a password is 1-{MAX_SMTP_PASSWORD_LENGTH} printable characters",
+        )
+    metadata: JsonObject = {
+        "kind": "smtp",
+        "host": host.lower().rstrip("."),
+        "port": port,
+        "security": security,
+        "username": username,
+    }
+    return metadata, password or ""
+
+
+def _ses(
+    region: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    configuration_set: str | None,
+    sns_topic_arn: str | None,
+) -> tuple[JsonObject, str]:
+    _check(
+        region is not None and re.fullmatch(AWS_REGION_PATTERN, region),
+        "body.region",
+        "must be an AWS region such as eu-west-1",
+    )
+    assert region is not None
+    wire_email.ses_endpoint(region)  # the same rule the sender applies
+    _check(
+        access_key_id is not None and re.fullmatch(AWS_ACCESS_KEY_ID_PATTERN, access_key_id),
+        "body.access_key_id",
+        "an access key id is 16-128 upper-case letters or digits (AKIA…)",
+    )
+    _check(
+        secret_access_key is not None and re.fullmatch(AWS_SECRET_PATTERN, secret_access_key),
+        "body.secret_access_key",
+        "a secret access key is 16-128 letters, digits, '/', '+' or '='",
+    )
+    if configuration_set is not None:
+        _check(
+            re.fullmatch(SES_CONFIGURATION_SET_PATTERN, configuration_set),
+            "body.configuration_set",
+            "a configuration set name is 1-64 letters, digits, '_' or '-'",
+        )
+    if sns_topic_arn is not None:
+        found = re.fullmatch(SNS_TOPIC_ARN_PATTERN, sns_topic_arn)
+        _check(
+            found,
+            "body.sns_topic_arn",
+            "must be an SNS topic ARN such as arn:aws:sns:eu-west-1:123456789012:ses-events",
+        )
+        assert found is not None
+        _check(
+            found.group(1) == region,
+            "body.sns_topic_arn",
+            f"the topic must be in the credential's region ({region}), as SES requires",
+        )
+    metadata: JsonObject = {
+        "kind": "ses",
+        "region": region,
+        "access_key_id": access_key_id,
+        "configuration_set": configuration_set,
+        "sns_topic_arn": sns_topic_arn,
+    }
+    return metadata, secret_access_key or ""
+
+
+def _sendgrid(
+    api_key: str | None, region: str | None, public_key: str | None
+) -> tuple[JsonObject, str]:
+    _check(
+        api_key is not None and len(api_key) <= 200 and re.fullmatch(SENDGRID_KEY_PATTERN, api_key),
+        "body.api_key",
+        "a SendGrid API key reads SG.<id>.<secret>",
+    )
+    region = region or SENDGRID_REGIONS[0]
+    _check(region in SENDGRID_REGIONS, "body.region", "must be global or eu")
+    pem = None if public_key is None else _event_webhook_key(public_key)
+    metadata: JsonObject = {
+        "kind": "sendgrid",
+        "region": region,
+        "event_webhook_public_key": pem,
+    }
+    return metadata, api_key or ""
+
+
+def _event_webhook_key(text: str) -> str:
+    """The SendGrid Event Webhook's verification key as PEM (SubjectPublicKeyInfo): the
+    dashboard shows it as base64 DER without the PEM armour; both are taken."""
+    problem = "must be an EC P-256 public key, PEM or base64 DER (the Event Webhook's key)"
+    stripped = text.strip()
+    try:
+        if stripped.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(stripped.encode())
+        else:
+            der = base64.b64decode("".join(stripped.split()), validate=True)
+            key = serialization.load_der_public_key(der)
+    except (ValueError, UnsupportedAlgorithm, binascii.Error):
+        raise _invalid("body.event_webhook_public_key", problem) from None
+    _check(
+        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1),
+        "body.event_webhook_public_key",
+        problem,
+    )
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _is_host(host: str) -> bool:
+    if not host or len(host) > 253 or not host.isascii():
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    labels = host.rstrip(".").split(".")
+    if re.fullmatch(r"[0-9]+", labels[-1]):
+        return False  # a numeric last label is an address in a form we do not take
+    return all(re.fullmatch(SMTP_HOST_LABEL_PATTERN, label) for label in labels)

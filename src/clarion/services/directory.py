@@ -49,8 +49,10 @@ class Directory:
         name: str | None,
         community: str | None,
         attributes: JsonObject,
+        fcm_topic: str | None = None,
     ) -> tuple[GroupRecord, bool]:
-        """Create or update a group or a community."""
+        """Create or update a group or a community; `fcm_topic` maps it to an FCM topic (None
+        removes the mapping)."""
         return await self._store.put_group(
             tenant_id,
             key,
@@ -59,6 +61,7 @@ class Directory:
             community=community,
             attributes=attributes,
             now=self._clock.now(),
+            fcm_topic=fcm_topic,
         )
 
     async def get_group(self, tenant_id: str, key: str) -> GroupRecord:

@@ -7,7 +7,7 @@ do it set-based (``INSERT ... SELECT``, ``UPDATE ... WHERE id IN``), never a row
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -20,6 +20,7 @@ from clarion.domain.records import (
     ApiKeyInfo,
     ChangeBatch,
     Claimed,
+    ClaimedTopicSend,
     Completion,
     Credential,
     CredentialInfo,
@@ -29,21 +30,35 @@ from clarion.domain.records import (
     GroupRecord,
     InboxQuery,
     Moved,
+    NewEvent,
     OutboxEntry,
     RecipientReport,
     Routed,
+    SenderSettings,
     Statistics,
     StatisticsQuery,
     StatisticsReport,
     StoredEvent,
     StoredKey,
+    TenantSettings,
     TokenKey,
+    TopicCompletion,
+    TopicSendView,
     UnreadCounts,
     UserFields,
     UserRecord,
     WebhookInfo,
 )
 from clarion.domain.statuses import Status
+from clarion.domain.templates import (
+    EmailTemplate,
+    Subject,
+    TemplateEntry,
+    TemplateKey,
+    TemplateSet,
+    TemplateSetInfo,
+)
+from clarion.wire.email import Email
 
 __all__ = [
     "Addressed",
@@ -51,6 +66,7 @@ __all__ = [
     "Bus",
     "ChangeBatch",
     "Claimed",
+    "ClaimedTopicSend",
     "Clock",
     "Completion",
     "Credential",
@@ -63,10 +79,14 @@ __all__ = [
     "EventReport",
     "GroupRecord",
     "InboxQuery",
+    "Mailer",
     "Moved",
+    "NewEvent",
     "OutboxEntry",
     "RecipientReport",
     "Routed",
+    "SenderSettings",
+    "SnsClient",
     "Statistics",
     "StatisticsQuery",
     "StatisticsReport",
@@ -74,7 +94,13 @@ __all__ = [
     "Store",
     "StoredEvent",
     "StoredKey",
+    "TemplateStore",
+    "TenantSettings",
     "TokenKey",
+    "TopicCompletion",
+    "TopicSendView",
+    "TopicStore",
+    "TopicTransport",
     "Transport",
     "UnreadCounts",
     "UserFields",
@@ -116,6 +142,22 @@ class Store(Protocol):
 
     async def tenant_secret(self, tenant_id: str) -> str | None:
         """The tenant's user-token signing secret, or None for an unknown tenant."""
+        ...
+
+    async def tenant_settings(self, tenant_id: str) -> TenantSettings | None:
+        """The tenant's settings, or None for an unknown tenant."""
+        ...
+
+    async def put_tenant_settings(
+        self,
+        tenant_id: str,
+        *,
+        default_locale: str,
+        email: SenderSettings | None,
+        now: datetime,
+    ) -> bool:
+        """Replace the tenant's settings (None: no email sender); False for an unknown
+        tenant."""
         ...
 
     async def add_key(
@@ -165,8 +207,10 @@ class Store(Protocol):
         community: str | None,
         attributes: JsonObject,
         now: datetime,
+        fcm_topic: str | None = None,
     ) -> tuple[GroupRecord, bool]:
         """Create or update a group or community; the flag says whether it was created.
+        `fcm_topic` maps it to an FCM topic (None: no mapping).
 
         Raises:
             errors.GroupKindMismatch: the kind would change, or `community` is not a community.
@@ -208,6 +252,15 @@ class Store(Protocol):
         holds this idempotency key (the caller compares fingerprints)."""
         ...
 
+    async def insert_events(
+        self, *, tenant_id: str, batch: Sequence[NewEvent], now: datetime
+    ) -> list[StoredEvent]:
+        """Store a batch of events and their outbox entries in one transaction (keys are
+        distinct within the batch). One stored event per entry, in order: for an entry whose
+        key is already taken, the event that holds it. When any taken key holds an event with
+        another fingerprint, nothing is stored (the caller refuses the batch)."""
+        ...
+
     async def get_event(self, tenant_id: str, event_id: str) -> StoredEvent | None:
         """The event, or None."""
         ...
@@ -228,6 +281,15 @@ class Store(Protocol):
 
     async def unrouted_events(self, *, accepted_before: datetime, limit: int) -> list[str]:
         """Events accepted before the given time and still not routed, oldest first."""
+        ...
+
+    async def take_stale_events(
+        self, *, accepted_before: datetime, limit: int, now: datetime
+    ) -> list[str]:
+        """Up to `limit` events accepted before `accepted_before`, still not routed, and not
+        taken again since then, oldest first; each is marked taken at `now`, so concurrent
+        sweeps (one per worker) share them out and each event goes back on the bus at most
+        once per window however long routing lags."""
         ...
 
     async def pending_outbox(self, limit: int) -> list[OutboxEntry]:
@@ -348,6 +410,15 @@ class Store(Protocol):
         self, tenant_id: str, user_id: int, status: str, now: datetime
     ) -> str | None:
         """Set the user's email subscription; the status after, None without an address."""
+        ...
+
+    async def mark_addresses(
+        self, tenant_id: str, addresses: Iterable[str], status: str, now: datetime
+    ) -> int:
+        """Set ``email_status`` `status` (``bounced`` | ``complained``) on every user of the
+        tenant whose address, lower-cased, is among `addresses` (lower-cased, every form that
+        should match: `wire.mail_events.address_forms`); a complaint overrides a bounce, never
+        the reverse. How many users changed."""
         ...
 
     async def put_token_key(
@@ -561,6 +632,54 @@ class Transport(Protocol):
         ...
 
 
+class TopicStore(Protocol):
+    """Sends to provider topics (FCM), which routing writes for the groups and communities a
+    tenant mapped to a topic: leased and fenced like deliveries."""
+
+    async def claim_topic_sends(
+        self, channel: Channel, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[ClaimedTopicSend]:
+        """Lease up to `limit` due, pending topic sends of `channel`, each with a new fence and
+        one more attempt counted."""
+        ...
+
+    async def complete_topic_sends(
+        self, completions: Sequence[TopicCompletion], now: datetime
+    ) -> list[int]:
+        """Apply outcomes; those whose fence is stale, or that are no longer pending, are
+        ignored. The ids applied. `Delivered`: sent, with its reference. `RetryLater` and
+        `AuthFailed`: due again at `retry_at`. Anything else: failed, with the reason."""
+        ...
+
+
+class TopicTransport(Protocol):
+    """Sends claimed topic sends of one channel to its provider."""
+
+    channel: Channel
+
+    async def send_topics(self, sends: Sequence[ClaimedTopicSend]) -> Sequence[Outcome]:
+        """One outcome per send, in order, with the tenant's default credential. Never raises
+        for a provider's answer; a refused credential is `AuthFailed` naming it."""
+        ...
+
+
+class Mailer(Protocol):
+    """Sends emails through one kind of email provider (``smtp``, ``ses``, ``sendgrid``) with a
+    tenant's credential; one adapter per kind, each a thin shell over `wire.email`."""
+
+    kind: str
+
+    async def send(self, credential: Credential, emails: Sequence[Email]) -> Sequence[Outcome]:
+        """One outcome per email, in order. Never raises for a provider's answer; a provider
+        that cannot be reached is `RetryLater`, one that refuses the credential `AuthFailed`
+        naming ``credential.info.id``."""
+        ...
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+        ...
+
+
 class WebhookStore(Protocol):
     """Status webhooks and the audit trail they tail. Every method is one transaction."""
 
@@ -633,6 +752,25 @@ class WebhookSender(Protocol):
         ...
 
 
+class SnsClient(Protocol):
+    """Fetches from Amazon SNS what its HTTP(S) messages point at. The caller has already
+    checked each URL against the SNS host rule (`wire.mail_events.sns_url_allowed`)."""
+
+    async def certificate(self, url: str) -> bytes | None:
+        """The PEM certificate at `url`; None when the server answers without one (not 200,
+        too large). Raises `errors.Unavailable` when it cannot be reached."""
+        ...
+
+    async def confirm(self, url: str) -> bool:
+        """GET a ``SubscribeURL``; whether SNS answered 200. Raises `errors.Unavailable` when
+        it cannot be reached."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
 class CredentialStore(Protocol):
     """Provider credentials, their secrets sealed at rest (envelope encryption, bound to the
     tenant and the credential)."""
@@ -675,8 +813,59 @@ class CredentialStore(Protocol):
         Raises the vault's error when the secret does not open."""
         ...
 
+    async def load_named_credential(
+        self, tenant_id: str, provider: str, name: str
+    ) -> Credential | None:
+        """The tenant's credential `name` for `provider`, opened, paused or not; None if there
+        is none. Raises the vault's error when the secret does not open."""
+        ...
+
     async def pause_credential(
         self, tenant_id: str, credential_id: str, *, reason: str, now: datetime
     ) -> bool:
         """Stop using a credential until it is replaced; False when there is none."""
+        ...
+
+
+class TemplateStore(Protocol):
+    """Tenants' templates, kept as sets: every channel and locale written for one event type or
+    one category (a `Subject` and its name) is saved and replaced together."""
+
+    async def put_template_set(
+        self,
+        tenant_id: str,
+        subject: Subject,
+        name: str,
+        entries: Sequence[TemplateEntry],
+        now: datetime,
+    ) -> tuple[TemplateSet, bool]:
+        """Replace every template of (`subject`, `name`) with `entries`, in one transaction;
+        the set as saved and whether there was none before. A replaced set keeps its
+        `created_at`."""
+        ...
+
+    async def get_template_set(
+        self, tenant_id: str, subject: Subject, name: str
+    ) -> TemplateSet | None:
+        """The set, or None when the tenant has none of that subject and name."""
+        ...
+
+    async def list_template_sets(self, tenant_id: str) -> list[TemplateSetInfo]:
+        """The tenant's sets by subject and name, with their channels and locales."""
+        ...
+
+    async def delete_template_set(self, tenant_id: str, subject: Subject, name: str) -> bool:
+        """Forget a set; False when there was none."""
+        ...
+
+    async def templates_for(
+        self, tenant_id: str, channel: str, *, event_type: str, category: str | None
+    ) -> dict[TemplateKey, EmailTemplate]:
+        """Every locale of `channel` written for the event type and (when given) the category:
+        what `services.templates.choose_template` picks from. Push and inbox templates come as
+        `EmailTemplate` too (the title as `subject`, the body as `text`)."""
+        ...
+
+    async def default_locale(self, tenant_id: str) -> str:
+        """The locale the tenant's templates fall back to (``en`` for an unknown tenant)."""
         ...

@@ -56,17 +56,30 @@ class Relay:
         return len(entries)
 
     async def redeliver_stale(self, *, older_than: timedelta | None = None) -> int:
-        """Publish again the events still unrouted after `older_than` (default: the setting)."""
-        cutoff = self._clock.now() - (self._redeliver_after if older_than is None else older_than)
-        stale = await self._store.unrouted_events(accepted_before=cutoff, limit=self._batch)
-        for event_id in stale:
-            await self._bus.publish(EVENTS_STREAM, {"event_id": event_id})
-        if stale:
+        """Publish again every event still unrouted after `older_than` (default: the setting)
+        and not published again within that long: a page of `batch` at a time until none is
+        left, so a broker that lost thousands of messages has them all back after one sweep,
+        while an event that only waits in a long queue goes back at most once per window."""
+        now = self._clock.now()
+        cutoff = now - (self._redeliver_after if older_than is None else older_than)
+        total = 0
+        while True:
+            # Marked no earlier than the cutoff, so that a page once taken is not taken again
+            # in this sweep: the loop ends.
+            stale = await self._store.take_stale_events(
+                accepted_before=cutoff, limit=self._batch, now=max(now, cutoff)
+            )
+            for event_id in stale:
+                await self._bus.publish(EVENTS_STREAM, {"event_id": event_id})
+            total += len(stale)
+            if len(stale) < self._batch:
+                break
+        if total:
             log.warning(
                 "unrouted events handed to the bus again",
-                extra={"action": "events_redelivered", "count": len(stale)},
+                extra={"action": "events_redelivered", "count": total},
             )
-        return len(stale)
+        return total
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set.

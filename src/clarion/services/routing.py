@@ -40,6 +40,7 @@ class Routing:
                 "event_id": event_id,
                 "recipients": routed.recipients,
                 "deliveries": routed.deliveries,
+                "topic_sends": routed.topic_sends,
             },
         )
         await self._bus.broadcast(

@@ -58,35 +58,13 @@ from jinja2.utils import Cycler, Joiner, Namespace
 from markupsafe import Markup
 
 from clarion.domain import errors
+from clarion.domain.templates import EmailTemplate, Subject, TemplateKey
 
 T = TypeVar("T")
 
 # --- which template ---------------------------------------------------------------------------
-
-
-class Subject(StrEnum):
-    """What a template is for: one event type, or a whole category of them."""
-
-    EVENT_TYPE = "event_type"
-    CATEGORY = "category"
-
-
-@dataclass(frozen=True, slots=True)
-class TemplateKey:
-    """A template's key within its tenant (the store scopes templates by tenant, like every
-    other row, so the tenant is not part of the key).
-
-    Attributes:
-        subject: whether `name` is an event type or a category.
-        name: the event type (``order.shipped``) or category (``billing``).
-        channel: ``email``, ``push``, ``inbox``, ...
-        locale: a BCP 47 tag as `normalize_locale` writes it (``pt-BR``, ``de``).
-    """
-
-    subject: Subject
-    name: str
-    channel: str
-    locale: str
+# `Subject`, `TemplateKey` and `EmailTemplate` live in domain/templates.py (the template store
+# builds them too) and are re-exported here.
 
 
 def normalize_locale(tag: str) -> str | None:
@@ -611,15 +589,6 @@ class Part(StrEnum):
     LINE = "line"
     """One line (a subject, a push title): plain text with every run of whitespace made one
     space, at most `Limits.subject_chars` characters."""
-
-
-@dataclass(frozen=True, slots=True)
-class EmailTemplate:
-    """An email template's sources: the subject, the plain text, and the optional HTML."""
-
-    subject: str
-    text: str
-    html: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,19 @@ def verify(
     return UnsubscribeClaim(claimed_tenant, user, category, channel, issued_at)
 
 
+def claimed_tenant(token: str) -> str | None:
+    """The tenant `token` *says* it is for, unverified, or None when it is malformed: what
+    picks the key (`tenant_key`) to `verify` it with, and nothing more."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        return None
+    prefix, _, rest = token.partition(".")
+    payload = _unb64(rest.partition(".")[0])
+    if prefix != TOKEN_PREFIX or payload is None:
+        return None
+    fields = _fields(payload)
+    return fields[0] if fields is not None else None
+
+
 def one_click_url(base_url: str, token: str) -> str:
     """``<base_url>/<token>``: the https URL for ``List-Unsubscribe`` (RFC 8058 §3.1).
 

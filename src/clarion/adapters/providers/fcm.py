@@ -38,8 +38,10 @@ import httpx
 from clarion.adapters.providers import http2
 from clarion.domain import errors
 from clarion.domain.channels import Channel
+from clarion.domain.notifications import InboxItem
 from clarion.domain.outcomes import AuthFailed, Outcome, Rejected, RetryLater
-from clarion.domain.records import Claimed, Credential, CredentialInfo
+from clarion.domain.records import Claimed, ClaimedTopicSend, Credential, CredentialInfo
+from clarion.domain.statuses import Status
 from clarion.wire import fcm
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ TOPIC_PREFIX = "/topics/"
 """A claimed address of this form is an FCM topic, not a registration token (see
 `message_for`)."""
 DEFAULT_BASE_URL = f"https://{fcm.HOST}"
+NO_CREDENTIAL = "no FCM credential for this app"
+NO_DEFAULT_CREDENTIAL = "no default FCM credential (one without app_id) for topic sends"
 _BLOCK_CACHE_LIMIT = 256
 """Encoded header blocks kept: one per project and access token in use."""
 
@@ -89,6 +93,35 @@ def message_for(claimed: Claimed) -> fcm.Message:
             topic=address.removeprefix(TOPIC_PREFIX), notification=notification, data=item.data
         )
     return fcm.Message(token=address, notification=notification, data=item.data)
+
+
+def topic_claim(send: ClaimedTopicSend) -> Claimed:
+    """A topic send as the claim `message_for` reads: addressed to ``/topics/<name>``, with no
+    app (so the tenant's default credential sends it) and no recipient."""
+    item = InboxItem(
+        id=send.id,
+        notification_id=send.notification_id,
+        event_id=send.event_id,
+        user="",
+        status=Status.PENDING,
+        type=send.type,
+        title=send.title,
+        body=send.body,
+        data=send.data,
+        category=send.category,
+        group=send.group,
+        created_at=send.created_at,
+    )
+    return Claimed(
+        id=send.id,
+        fence=send.fence,
+        tenant_id=send.tenant_id,
+        channel=send.channel,
+        endpoint=send.topic,
+        attempts=send.attempts,
+        item=item,
+        address=TOPIC_PREFIX + send.topic,
+    )
 
 
 def paused(info: CredentialInfo) -> RetryLater:
@@ -645,6 +678,15 @@ class FcmTransport:
         await asyncio.gather(*(send_group(t, a, ix) for (t, a), ix in groups.items()))
         return results
 
+    async def send_topics(self, sends: Sequence[ClaimedTopicSend]) -> list[Outcome]:
+        """One outcome per topic send, in order, each sent with its tenant's default
+        credential (a topic belongs to a Firebase project, not to one app's devices); the
+        payload limit is FCM's for topics (2048 bytes, `wire.fcm`)."""
+        results = await self.send([topic_claim(s) for s in sends])
+        return [
+            Rejected(NO_DEFAULT_CREDENTIAL) if o == Rejected(NO_CREDENTIAL) else o for o in results
+        ]
+
     async def _send_group(
         self, tenant_id: str, app_id: str | None, claims: list[Claimed]
     ) -> Sequence[Outcome]:
@@ -654,7 +696,7 @@ class FcmTransport:
             log.exception("FCM credential could not be opened", extra={"tenant": tenant_id})
             return [RetryLater("the FCM credential could not be opened")] * len(claims)
         if credential is None:
-            return [Rejected("no FCM credential for this app")] * len(claims)
+            return [Rejected(NO_CREDENTIAL)] * len(claims)
         info = credential.info
         if info.status != ACTIVE:
             return [paused(info)] * len(claims)

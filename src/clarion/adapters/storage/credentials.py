@@ -177,6 +177,24 @@ class SqlCredentials:
         )
         return records.Credential(info=_info(row), secret=secret)
 
+    async def load_named_credential(
+        self, tenant_id: str, provider: str, name: str
+    ) -> records.Credential | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(
+                        *_LISTED, credentials.c.sealed_secret, credentials.c.wrapped_key
+                    ).where(_named(tenant_id, provider, name))
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        secret = self._vault.open(
+            row.sealed_secret, row.wrapped_key, tenant_id=row.tenant_id, credential_id=row.id
+        )
+        return records.Credential(info=_info(row), secret=secret)
+
     async def pause_credential(
         self, tenant_id: str, credential_id: str, *, reason: str, now: datetime
     ) -> bool:

@@ -22,12 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.type_api import to_instance
 
 from clarion.adapters.sealing import Sealer
-from clarion.adapters.storage import engines
+from clarion.adapters.storage import engines, topics
 from clarion.adapters.storage.tables import (
     api_keys,
     categories,
     deliveries,
     devices,
+    email_settings,
     events,
     groups,
     inbox_items,
@@ -137,6 +138,69 @@ class SqlStore:
         if sealed is None:
             return None
         return self._sealer.open(sealed, owner=f"tenant:{tenant_id}")
+
+    async def tenant_settings(self, tenant_id: str) -> ports.TenantSettings | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(
+                        tenants.c.default_locale,
+                        email_settings.c.provider,
+                        email_settings.c.fallback,
+                        email_settings.c.sender,
+                        email_settings.c.sender_name,
+                        email_settings.c.reply_to,
+                    )
+                    .select_from(tenants)
+                    .outerjoin(email_settings, email_settings.c.tenant_id == tenants.c.id)
+                    .where(tenants.c.id == tenant_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        sender = None
+        if row.provider is not None:
+            sender = ports.SenderSettings(
+                provider=row.provider,
+                fallback=row.fallback,
+                sender=row.sender,
+                sender_name=row.sender_name,
+                reply_to=row.reply_to,
+            )
+        return ports.TenantSettings(default_locale=row.default_locale, email=sender)
+
+    async def put_tenant_settings(
+        self,
+        tenant_id: str,
+        *,
+        default_locale: str,
+        email: ports.SenderSettings | None,
+        now: datetime,
+    ) -> bool:
+        async with self._write() as conn:
+            found = await conn.execute(
+                tenants.update()
+                .where(tenants.c.id == tenant_id)
+                .values(default_locale=default_locale)
+            )
+            if not found.rowcount:
+                return False
+            await conn.execute(
+                email_settings.delete().where(email_settings.c.tenant_id == tenant_id)
+            )
+            if email is not None:
+                await conn.execute(
+                    email_settings.insert().values(
+                        tenant_id=tenant_id,
+                        provider=email.provider,
+                        fallback=email.fallback,
+                        sender=email.sender,
+                        sender_name=email.sender_name,
+                        reply_to=email.reply_to,
+                        updated_at=now,
+                    )
+                )
+        return True
 
     async def add_key(
         self, *, tenant_id: str, key_id: str, name: str, digest: str, now: datetime
@@ -322,6 +386,7 @@ class SqlStore:
         community: str | None,
         attributes: JsonObject,
         now: datetime,
+        fcm_topic: str | None = None,
     ) -> tuple[ports.GroupRecord, bool]:
         async with self._write() as conn:
             community_id = None
@@ -348,6 +413,7 @@ class SqlStore:
             values = {
                 "name": name,
                 "community_id": community_id,
+                "fcm_topic": fcm_topic,
                 "attributes": attributes,
                 "updated_at": now,
             }
@@ -402,6 +468,7 @@ class SqlStore:
             member_count=row.members,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            fcm_topic=row.fcm_topic,
         )
 
     async def put_member(
@@ -510,6 +577,82 @@ class SqlStore:
             routed_at=None,
         )
 
+    async def insert_events(
+        self, *, tenant_id: str, batch: Sequence[ports.NewEvent], now: datetime
+    ) -> list[ports.StoredEvent]:
+        keys = [e.idempotency_key for e in batch if e.idempotency_key is not None]
+        for attempt in range(2):
+            try:
+                async with self._write() as conn:
+                    earlier = await self._events_by_keys(conn, tenant_id, keys)
+                    clash = any(
+                        e.idempotency_key in earlier
+                        and earlier[e.idempotency_key].fingerprint != e.fingerprint
+                        for e in batch
+                    )
+                    fresh = [e for e in batch if e.idempotency_key not in earlier]
+                    if fresh and not clash:
+                        await conn.execute(
+                            events.insert(),
+                            [
+                                {
+                                    "id": e.event_id,
+                                    "tenant_id": tenant_id,
+                                    "type": e.spec.type,
+                                    "payload": e.spec.to_json(),
+                                    "idempotency_key": e.idempotency_key,
+                                    "fingerprint": e.fingerprint,
+                                    "state": "accepted",
+                                    "created_at": now,
+                                }
+                                for e in fresh
+                            ],
+                        )
+                        await conn.execute(
+                            outbox.insert(),
+                            [
+                                {
+                                    "topic": EVENTS_STREAM,
+                                    "payload": {"event_id": e.event_id, "tenant_id": tenant_id},
+                                    "created_at": now,
+                                }
+                                for e in fresh
+                            ],
+                        )
+                break
+            except IntegrityError:
+                # A concurrent request took one of the keys (PostgreSQL): read it this time.
+                if attempt or not keys:
+                    raise
+        return [
+            earlier[e.idempotency_key]
+            if e.idempotency_key in earlier
+            else ports.StoredEvent(
+                id=e.event_id,
+                tenant_id=tenant_id,
+                spec=e.spec,
+                fingerprint=e.fingerprint,
+                state="accepted",
+                created_at=now,
+                routed_at=None,
+            )
+            for e in batch
+        ]
+
+    async def _events_by_keys(
+        self, conn: AsyncConnection, tenant_id: str, keys: Sequence[str]
+    ) -> dict[str, ports.StoredEvent]:
+        found: dict[str, ports.StoredEvent] = {}
+        for chunk in _chunks(list(keys), _CHUNK):
+            rows = await conn.execute(
+                sa.select(events).where(
+                    events.c.tenant_id == tenant_id, events.c.idempotency_key.in_(chunk)
+                )
+            )
+            for row in rows:
+                found[row.idempotency_key] = _stored_event(row)
+        return found
+
     async def _event_by_key(
         self, conn: AsyncConnection, tenant_id: str, key: str
     ) -> ports.StoredEvent | None:
@@ -594,7 +737,15 @@ class SqlStore:
                     ),
                 )
             )
+            to_topics = 0
             for channel in dict.fromkeys(channels(spec)):
+                # Members of groups mapped to FCM topics hear of it through the topic send.
+                through_topics = None
+                if channel == Channel.FCM:
+                    to_topics = await topics.write_topic_sends(
+                        conn, tenant_id, notification_id, spec, now
+                    )
+                    through_topics = topics.reached_through_topics(tenant_id, spec)
                 await conn.execute(
                     deliveries.insert().from_select(
                         [
@@ -620,6 +771,7 @@ class SqlStore:
                             now,
                             category=spec.category,
                             group=group,
+                            excluded=through_topics,
                         ),
                     )
                 )
@@ -650,6 +802,7 @@ class SqlStore:
             notification_id=notification_id,
             recipients=recipients or 0,
             deliveries=sent_on or 0,
+            topic_sends=to_topics,
         )
 
     async def _audit_creation(
@@ -678,6 +831,32 @@ class SqlStore:
                 .where(events.c.state == "accepted", events.c.created_at <= accepted_before)
                 .order_by(events.c.created_at)
                 .limit(limit)
+            )
+            return [r.id for r in rows]
+
+    async def take_stale_events(
+        self, *, accepted_before: datetime, limit: int, now: datetime
+    ) -> list[str]:
+        stale = (
+            sa.select(events.c.id)
+            .where(
+                events.c.state == "accepted",
+                events.c.created_at <= accepted_before,
+                sa.or_(
+                    events.c.redelivered_at.is_(None), events.c.redelivered_at < accepted_before
+                ),
+            )
+            .order_by(events.c.created_at)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            stale = stale.with_for_update(skip_locked=True)
+        async with self._write() as conn:
+            rows = await conn.execute(
+                events.update()
+                .where(events.c.id.in_(stale.scalar_subquery()))
+                .values(redelivered_at=now)
+                .returning(events.c.id)
             )
             return [r.id for r in rows]
 
@@ -1229,6 +1408,31 @@ class SqlStore:
             )
         return status
 
+    async def mark_addresses(
+        self, tenant_id: str, addresses: Iterable[str], status: str, now: datetime
+    ) -> int:
+        """Set `status` (``bounced`` or ``complained``) on every user of the tenant whose
+        address, lower-cased, is one of `addresses` (given lower-cased, in every form to match).
+        A complaint overrides a bounce, never the other way round. The users changed."""
+        if status not in ("bounced", "complained"):
+            raise ValueError(f"not a suppression: {status!r}")
+        weaker = ("subscribed", "unsubscribed") + (("bounced",) if status == "complained" else ())
+        wanted = sorted(addresses)
+        changed = 0
+        async with self._write() as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                result = await conn.execute(
+                    users.update()
+                    .where(
+                        users.c.tenant_id == tenant_id,
+                        sa.func.lower(users.c.email).in_(wanted[start : start + _CHUNK]),
+                        users.c.email_status.in_(weaker),
+                    )
+                    .values(email_status=status, updated_at=now)
+                )
+                changed += result.rowcount or 0
+        return changed
+
     async def put_token_key(
         self, tenant_id: str, kid: str, *, algorithm: str, public_key: str, now: datetime
     ) -> bool:
@@ -1322,11 +1526,15 @@ class SqlStore:
                 )
                 for r in rows:
                     by_channel.setdefault(r.channel, {})[Status(r.status)] = r.n
+            sent_to_topics = (
+                await topics.topic_views(conn, notification_id) if notification_id else ()
+            )
         return ports.EventReport(
             event=_stored_event(row),
             notification_id=notification_id,
             recipients=StatusCounts.of(by_status),
             channels={c: StatusCounts.of(counts) for c, counts in sorted(by_channel.items())},
+            topics=sent_to_topics,
         )
 
     async def recipient_report(
@@ -1463,6 +1671,11 @@ class SqlStore:
                     break
                 items = await self._claimed_items(conn, [r[3] for r in leased])
                 found = await self._devices_by_id(conn, leased) if push else {}
+                profiles = (
+                    await self._profiles(conn, [r[3] for r in leased])
+                    if channel == Channel.EMAIL
+                    else {}
+                )
                 dead: list[_Failing] = []
                 for delivery_id, fence, tenant_id, item_id, endpoint, attempts in leased:
                     device = found.get(endpoint)
@@ -1483,6 +1696,8 @@ class SqlStore:
                             app_id=None if device is None else device.app_id,
                             registered_at=None if device is None else device.updated_at,
                             keys={} if device is None else dict(device.keys or {}),
+                            locale=profiles[item_id][0] if item_id in profiles else None,
+                            attributes=profiles[item_id][1] if item_id in profiles else {},
                         )
                     )
                 await self._fail_deliveries(conn, dead, now)
@@ -1533,6 +1748,20 @@ class SqlStore:
             )
         return found
 
+    async def _profiles(
+        self, conn: AsyncConnection, item_ids: Sequence[int]
+    ) -> dict[int, tuple[str | None, JsonObject]]:
+        """The locale and attributes of each claimed item's user (what email templates use)."""
+        found: dict[int, tuple[str | None, JsonObject]] = {}
+        for where in self._among(inbox_items.c.id, sorted(set(item_ids))):
+            rows = await conn.execute(
+                sa.select(inbox_items.c.id, users.c.locale, users.c.attributes)
+                .join(users, users.c.id == inbox_items.c.user_id)
+                .where(where)
+            )
+            found.update((r.id, (r.locale, dict(r.attributes or {}))) for r in rows)
+        return found
+
     async def _devices_by_id(
         self, conn: AsyncConnection, leased: Sequence[tuple[Any, ...]]
     ) -> dict[str, Any]:
@@ -1565,7 +1794,8 @@ class SqlStore:
         A completion counts only from the lease holder (same fence, still pending). Sent
         deliveries move their items to `sent`; failed ones fail the items that have no other
         delivery left; `TokenInvalid` on a push channel retires the device, unless it was
-        registered again after the delivery was claimed (its token may be alive again).
+        registered again after the delivery was claimed (its token may be alive again); on
+        email it marks the address `bounced`.
         """
         if not completions:
             return []
@@ -1595,6 +1825,7 @@ class SqlStore:
             retry: list[tuple[int, datetime, str]] = []
             failing: list[_Failing] = []
             retiring: list[tuple[int, int, str, str]] = []
+            bounced: set[tuple[str, str]] = set()
             applied: list[int] = []
             pending = str(Status.PENDING)
             for delivery_id, fence, status, tenant_id, item_id, endpoint, channel in rows:
@@ -1615,8 +1846,18 @@ class SqlStore:
                     dead_token = isinstance(outcome, outcomes.TokenInvalid)
                     if dead_token and channel in _PUSH_PROVIDERS and endpoint.isdigit():
                         retiring.append((delivery_id, int(endpoint), tenant_id, reason))
+                    elif dead_token and channel == Channel.EMAIL:
+                        bounced.add((tenant_id, endpoint))
             # Before the failures: it reads when each delivery was claimed (`updated_at`).
             await self._retire_devices(conn, retiring, now)
+            # A mailbox that does not exist is never written to again: routing suppresses
+            # email to addresses that are not `subscribed`.
+            for tenant_id, address in sorted(bounced):
+                await conn.execute(
+                    users.update()
+                    .where(users.c.tenant_id == tenant_id, users.c.email == address)
+                    .values(email_status="bounced", updated_at=now)
+                )
             await self._send_deliveries(conn, sent, items_sent, now)
             await self._retry_deliveries(conn, retry, now)
             await self._fail_deliveries(conn, failing, now)
@@ -1958,9 +2199,11 @@ def _delivery_rows(
     *,
     category: str | None,
     group: str | None,
+    excluded: sa.Select[Any] | None = None,
 ) -> sa.Select[Any]:
     """One delivery per item and endpoint of `channel` the recipient has, created `suppressed`
-    where the recipient opted out of this channel for the group or category."""
+    where the recipient opted out of this channel for the group or category. Push channels
+    leave out the users `excluded` selects (reached through a topic send instead)."""
     opted_out = _opted_out(channel, category=category, group=group)
     if channel == Channel.EMAIL:
         opted_out = sa.or_(opted_out, users.c.email_status != "subscribed")
@@ -1995,11 +2238,14 @@ def _delivery_rows(
             .where(mine, users.c.email.is_not(None))
         )
     columns = [*base, sa.cast(devices.c.id, sa.String()), *tail]
-    return (
+    query = (
         sa.select(*columns)
         .join(devices, devices.c.user_id == inbox_items.c.user_id)
         .where(mine, devices.c.provider == str(channel), devices.c.status == "active")
     )
+    if excluded is not None:
+        query = query.where(inbox_items.c.user_id.not_in(excluded))
+    return query
 
 
 def _opted_out(

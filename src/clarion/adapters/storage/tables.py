@@ -70,6 +70,8 @@ tenants = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     # The user-token signing secret, sealed with the server's key (adapters/sealing.py).
     sa.Column("token_secret", sa.Text, nullable=False),
+    # The locale templates fall back to when a user has none, or none the tenant wrote for.
+    sa.Column("default_locale", sa.String(35), nullable=False, server_default="en"),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
@@ -111,6 +113,9 @@ groups = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("name", sa.String(200)),
     sa.Column("community_id", BigId, sa.ForeignKey("groups.id", ondelete="SET NULL")),
+    # The FCM topic the tenant's apps subscribe this group's members to: an event to the group
+    # goes to FCM as one topic send instead of one send per member's Android device.
+    sa.Column("fcm_topic", sa.String(900)),
     sa.Column("attributes", Json, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
@@ -173,8 +178,17 @@ events = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("routed_at", UtcDateTime),
+    # When the relay's sweep last handed it to the bus again (services/relaying.py).
+    sa.Column("redelivered_at", UtcDateTime),
     sa.UniqueConstraint("tenant_id", "idempotency_key"),
     sa.Index(None, "tenant_id", "created_at"),
+    # The relay's sweep for events still unrouted: only those are in it, so it stays small.
+    sa.Index(
+        "ix_events_unrouted",
+        "created_at",
+        postgresql_where=sa.text("state = 'accepted'"),
+        sqlite_where=sa.text("state = 'accepted'"),
+    ),
 )
 
 outbox = sa.Table(
@@ -384,4 +398,74 @@ credentials = sa.Table(
     sa.UniqueConstraint("tenant_id", "provider", "name"),
     sa.CheckConstraint("provider IN ('apns', 'fcm', 'wns', 'webpush', 'email')", name="provider"),
     sa.CheckConstraint("status IN ('active', 'paused')", name="status"),
+)
+
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    # event_type | category: what `name` is (services/templates.Subject).
+    sa.Column("subject", sa.String(16), nullable=False),
+    sa.Column("name", Key, nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    # BCP 47 as services/templates.normalize_locale writes it.
+    sa.Column("locale", sa.String(35), nullable=False),
+    # An email's subject line, a push notification's title.
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("html", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "subject", "name", "channel", "locale"),
+    sa.CheckConstraint("subject IN ('event_type', 'category')", name="subject"),
+)
+
+email_settings = sa.Table(
+    "email_settings",
+    metadata,
+    sa.Column(
+        "tenant_id",
+        sa.String(36),
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # Names of the tenant's email credentials (credentials.provider = 'email'): the one mail
+    # goes out through, and the one that takes over while the first is failing.
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("fallback", sa.String(64)),
+    sa.Column("sender", sa.String(320), nullable=False),
+    sa.Column("sender_name", sa.String(200)),
+    sa.Column("reply_to", sa.String(320)),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+topic_sends = sa.Table(
+    "topic_sends",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column(
+        "notification_id",
+        sa.String(36),
+        sa.ForeignKey("notifications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # One send that reaches every device subscribed to a provider topic (FCM), not one user.
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("topic", sa.String(900), nullable=False),
+    sa.Column("group_key", Key),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime),
+    sa.Column("lease_expires_at", UtcDateTime),
+    sa.Column("fence", sa.Integer, nullable=False),
+    sa.Column("reference", sa.String(255)),
+    sa.Column("error", sa.String(500)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Column("failed_at", UtcDateTime),
+    sa.UniqueConstraint("notification_id", "channel", "topic"),
+    sa.Index(None, "channel", "status", "next_attempt_at"),
 )

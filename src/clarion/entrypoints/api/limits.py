@@ -10,6 +10,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clarion.domain import errors
 from clarion.entrypoints.api.errors import error_body
 
+FOREIGN_BODY_PATHS = ("/v1/unsubscribe/", "/v1/mail-events/")
+"""Routes whose bodies others format: mail clients POST a form for one-click unsubscribe (RFC
+8058) and SNS posts JSON as ``text/plain``. The size cap still applies to them."""
+
 
 class BodyLimit:
     """Answers 413 ``body_too_large`` over `max_bytes` (declared or streamed) and 415
@@ -53,7 +57,12 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body and not (content_type == b"application/json" or content_type.endswith(b"+json")):
+        json_only = not scope["path"].startswith(FOREIGN_BODY_PATHS)
+        if (
+            body
+            and json_only
+            and not (content_type == b"application/json" or content_type.endswith(b"+json"))
+        ):
             await self._refuse(
                 send, 415, "unsupported_media_type", "send the body as application/json"
             )

@@ -117,14 +117,15 @@ class TenantLimits:
         """Whether any limit is set."""
         return any(limit.enabled for limit in self._limits.values())
 
-    def check(self, tenant: str, recipients: int) -> Decision:
-        """Let one request naming `recipients` keys through (and charge it), or say how long
+    def check(self, tenant: str, recipients: int, *, events: int = 1) -> Decision:
+        """Let one request carrying `events` events that name `recipients` keys in all through
+        (and charge it: a batch costs what its events would cost one by one), or say how long
         to wait. Headers describe the requests bucket (else the recipients bucket), and on a
         refusal the bucket that refused."""
         if not self.enabled:
             return Decision(True)
         now = self._clock()
-        costs = {"requests": 1, "recipients": recipients}
+        costs = {"requests": events, "recipients": recipients}
         buckets = {kind: self._bucket(tenant, kind, now) for kind in self._limits}
         waits = {
             kind: bucket.wait(costs[kind], now)

@@ -42,6 +42,37 @@ class EventAccepted(BaseModel):
     status: Literal["accepted"] = "accepted"
 
 
+MAX_EVENTS_PER_BATCH = 100
+"""Events one POST /v1/events/batch may carry: enough to cut a producer's requests a
+hundredfold, small enough that one transaction stays short."""
+
+
+class BatchEventIn(EventIn):
+    """An event in a batch, with its own idempotency key (what the header is for one event)."""
+
+    idempotency_key: Key | None = None
+
+
+class EventBatchIn(Input):
+    """Events to accept together: all of them, or none."""
+
+    events: Annotated[list[BatchEventIn], Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)]
+
+
+class BatchAccepted(BaseModel):
+    """One accepted event of a batch; `replayed` when its idempotency key was seen before."""
+
+    id: str
+    status: Literal["accepted"] = "accepted"
+    replayed: bool = False
+
+
+class EventBatchAccepted(BaseModel):
+    """The answer to an accepted batch: one entry per event, in order."""
+
+    events: list[BatchAccepted]
+
+
 class CountsOut(BaseModel):
     """How many stand in each status."""
 
@@ -65,6 +96,20 @@ class NotificationOut(BaseModel):
     group: str | None
 
 
+class TopicSendOut(BaseModel):
+    """One send of the notification to a provider topic (an FCM topic a named group maps to)."""
+
+    channel: str
+    topic: str
+    group: str | None
+    status: str
+    attempts: int
+    reference: str | None
+    error: str | None
+    sent_at: datetime | None
+    failed_at: datetime | None
+
+
 class EventOut(BaseModel):
     """An event with where its recipients stand."""
 
@@ -77,6 +122,7 @@ class EventOut(BaseModel):
     notification: NotificationOut | None
     recipients: CountsOut
     channels: dict[str, CountsOut]
+    topics: list[TopicSendOut] = []
 
 
 class TransitionOut(BaseModel):
@@ -138,6 +184,10 @@ class UserOut(BaseModel):
     updated_at: datetime
 
 
+# FCM's rule for topic names (HTTP v1 `message.topic`, protocols.md §2).
+FcmTopic = Annotated[str, Field(min_length=1, max_length=900, pattern=r"^[A-Za-z0-9\-_.~%]+$")]
+
+
 class GroupIn(Input):
     """A group, or a community of groups."""
 
@@ -145,6 +195,9 @@ class GroupIn(Input):
     name: Annotated[Text, Field(max_length=200)] | None = None
     community: Key | None = None
     attributes: JsonData = {}
+    # The FCM topic the tenant's apps subscribe the members to (FCM's own name rule); events
+    # naming the group then go to FCM as one topic send. Omitted or null: no mapping.
+    fcm_topic: FcmTopic | None = None
 
 
 class GroupOut(BaseModel):
@@ -154,6 +207,7 @@ class GroupOut(BaseModel):
     kind: str
     name: str | None
     community: str | None
+    fcm_topic: str | None
     attributes: dict[str, Any]
     members: int
     created_at: datetime

@@ -307,6 +307,9 @@ def smtp(
     ] = "starttls",
     require_tls: Annotated[bool, typer.Option(help="Refuse MAIL before STARTTLS (530).")] = False,
     require_auth: Annotated[bool, typer.Option(help="Refuse MAIL before AUTH (530).")] = False,
+    store_bodies: Annotated[
+        bool, typer.Option(help="Keep each message whole; --no-store-bodies: envelope and size.")
+    ] = True,
     user: Annotated[
         list[str] | None,
         typer.Option(help="Accept AUTH PLAIN/LOGIN as USERNAME:PASSWORD (repeatable)."),
@@ -328,6 +331,7 @@ def smtp(
             require_auth=require_auth,
             cert_file=cert_file,
             key_file=key_file,
+            store_bodies=store_bodies,
         )
         for spec in user or []:
             emulator.add_user(*_split_pair(spec, "--user", "USERNAME:PASSWORD"))

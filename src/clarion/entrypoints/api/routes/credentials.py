@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from clarion.entrypoints.api import schemas
 from clarion.entrypoints.api.dependencies import App, Tenant
-from clarion.services.credentials import APNS, FCM, NAME_PATTERN, WEBPUSH, WNS
+from clarion.services.credentials import APNS, EMAIL, FCM, NAME_PATTERN, WEBPUSH, WNS
 from clarion.services.ports import CredentialInfo
 
 router = APIRouter(prefix="/v1", tags=["credentials"])
@@ -256,4 +256,105 @@ async def get_wns_credential(name: Name, app: App, tenant: Tenant) -> Credential
 async def delete_wns_credential(name: Name, app: App, tenant: Tenant) -> Response:
     """Delete a WNS credential and its secret."""
     await app.credentials.delete(tenant, WNS, name)
+    return Response(status_code=204)
+
+
+# --- Email (SMTP, Amazon SES, SendGrid) ---------------------------------------------------------
+
+Secret = Annotated[schemas.Text, Field(min_length=1, max_length=500)]
+ShortText = Annotated[schemas.Text, Field(min_length=1, max_length=255)]
+
+
+class SmtpIn(schemas.Input):
+    """An SMTP relay: STARTTLS required, implicit TLS, or (only when chosen) plain text; AUTH
+    when a username and password are given."""
+
+    kind: Literal["smtp"]
+    host: ShortText
+    port: int
+    security: Literal["starttls", "tls", "none"]
+    username: ShortText | None = None
+    password: Secret | None = None
+
+
+class SesIn(schemas.Input):
+    """Amazon SES API v2 with an IAM access key."""
+
+    kind: Literal["ses"]
+    region: Annotated[schemas.Text, Field(min_length=1, max_length=64)]
+    access_key_id: Annotated[schemas.Text, Field(min_length=1, max_length=128)]
+    secret_access_key: Annotated[schemas.Text, Field(min_length=1, max_length=128)]
+    configuration_set: Annotated[schemas.Text, Field(min_length=1, max_length=64)] | None = None
+    sns_topic_arn: Annotated[schemas.Text, Field(min_length=1, max_length=512)] | None = None
+
+
+class SendGridIn(schemas.Input):
+    """SendGrid v3 with an API key; the Event Webhook's public key for signed events."""
+
+    kind: Literal["sendgrid"]
+    api_key: Annotated[schemas.Text, Field(min_length=1, max_length=200)]
+    region: Literal["global", "eu"] = "global"
+    event_webhook_public_key: (
+        Annotated[schemas.Text, Field(min_length=1, max_length=5_000)] | None
+    ) = None
+
+
+EmailIn = Annotated[SmtpIn | SesIn | SendGridIn, Field(discriminator="kind")]
+
+
+@router.put(
+    "/credentials/email/{name}",
+    response_model=CredentialOut,
+    responses={201: {"model": CredentialOut}},
+)
+async def put_email_credential(
+    name: Name, body: EmailIn, app: App, tenant: Tenant, response: Response
+) -> CredentialOut:
+    """Create (201) or replace (200) an email credential (`kind`: smtp, ses or sendgrid). The
+    password, secret access key or API key is never returned."""
+    if isinstance(body, SmtpIn):
+        saved = await app.credentials.put_email(
+            tenant,
+            name,
+            kind=body.kind,
+            host=body.host,
+            port=body.port,
+            security=body.security,
+            username=body.username,
+            password=body.password,
+        )
+    elif isinstance(body, SesIn):
+        saved = await app.credentials.put_email(
+            tenant,
+            name,
+            kind=body.kind,
+            region=body.region,
+            access_key_id=body.access_key_id,
+            secret_access_key=body.secret_access_key,
+            configuration_set=body.configuration_set,
+            sns_topic_arn=body.sns_topic_arn,
+        )
+    else:
+        saved = await app.credentials.put_email(
+            tenant,
+            name,
+            kind=body.kind,
+            api_key=body.api_key,
+            region=body.region,
+            event_webhook_public_key=body.event_webhook_public_key,
+        )
+    response.status_code = 201 if saved.created else 200
+    return CredentialOut.of(saved.credential)
+
+
+@router.get("/credentials/email/{name}", response_model=CredentialOut)
+async def get_email_credential(name: Name, app: App, tenant: Tenant) -> CredentialOut:
+    """One email credential, without its secret."""
+    return CredentialOut.of(await app.credentials.get(tenant, EMAIL, name))
+
+
+@router.delete("/credentials/email/{name}", status_code=204)
+async def delete_email_credential(name: Name, app: App, tenant: Tenant) -> Response:
+    """Delete an email credential and its secret."""
+    await app.credentials.delete(tenant, EMAIL, name)
     return Response(status_code=204)

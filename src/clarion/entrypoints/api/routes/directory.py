@@ -30,6 +30,7 @@ def _group(record: GroupRecord) -> schemas.GroupOut:
         kind=record.kind,
         name=record.name,
         community=record.community,
+        fcm_topic=record.fcm_topic,
         attributes=record.attributes,
         members=record.member_count,
         created_at=record.created_at,
@@ -85,6 +86,7 @@ async def put_group(
         name=body.name,
         community=body.community,
         attributes=body.attributes,
+        fcm_topic=body.fcm_topic,
     )
     response.status_code = 201 if created else 200
     return _group(record)

@@ -57,6 +57,37 @@ async def post_event(
     return schemas.EventAccepted(id=accepted.id)
 
 
+@router.post(
+    "/batch",
+    status_code=202,
+    response_model=schemas.EventBatchAccepted,
+    responses={
+        429: {"model": schemas.ErrorOut, "description": "Over the tenant's rate limit"},
+        503: {"model": schemas.ErrorOut, "description": "Overloaded or unavailable"},
+    },
+)
+async def post_events(
+    body: schemas.EventBatchIn, app: App, tenant: Tenant, limits: Limits, response: Response
+) -> schemas.EventBatchAccepted | JSONResponse:
+    """Accept up to 100 events in one request and one transaction: all of them, or, when one
+    is refused, none (the error names it, as `events[3]: ...`). Each event may carry its own
+    `idempotency_key`, with the meaning of the header on POST /v1/events. Rate limits count
+    each event of the batch as a request."""
+    batch = [(event_spec(e, app.accepting.push_channels), e.idempotency_key) for e in body.events]
+    recipients = sum(spec.recipients.count() for spec, _ in batch)
+    decision = limits.check(tenant, recipients, events=len(batch))
+    if not decision.allowed:
+        limited = errors.RateLimited(
+            "this tenant is over its rate limit for events", retry_after=decision.retry_after
+        )
+        return respond(limited, decision.headers)
+    response.headers.update(decision.headers)
+    accepted = await app.accepting.accept_many(tenant, batch)
+    return schemas.EventBatchAccepted(
+        events=[schemas.BatchAccepted(id=a.id, replayed=not a.created) for a in accepted]
+    )
+
+
 @router.get("/{event_id}", response_model=schemas.EventOut)
 async def get_event(event_id: str, app: App, tenant: Tenant) -> schemas.EventOut:
     """The event, its notification, and per-recipient and per-channel status counts."""
@@ -86,6 +117,20 @@ async def get_event(event_id: str, app: App, tenant: Tenant) -> schemas.EventOut
         notification=notification,
         recipients=schemas.CountsOut.of(report.recipients),
         channels={c: schemas.CountsOut.of(n) for c, n in report.channels.items()},
+        topics=[
+            schemas.TopicSendOut(
+                channel=t.channel,
+                topic=t.topic,
+                group=t.group,
+                status=t.status,
+                attempts=t.attempts,
+                reference=t.reference,
+                error=t.error,
+                sent_at=t.sent_at,
+                failed_at=t.failed_at,
+            )
+            for t in report.topics
+        ],
     )
 
 
