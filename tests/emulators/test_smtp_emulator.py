@@ -176,3 +176,23 @@ async def test_the_control_api_scripts_and_lists(emulator: SmtpEmulator, tmp_pat
         assert attempts[0]["reply"].startswith("451")
         assert (await c.post("/control/reset")).json() == {"reset": True}
         assert (await c.get("/control/messages")).json() == []
+
+
+async def test_without_bodies_only_the_envelope_is_kept_and_connections_are_counted(
+    tmp_path: Path,
+) -> None:
+    emu = SmtpEmulator(store_bodies=False)
+    await emu.start()
+    try:
+        for _ in range(2):
+            await send(emu, tmp_path, username=None, password=None)
+        first, _ = emu.messages
+        assert first["rcpt_to"] == ["bob@example.com"]
+        assert first["size"] > 0
+        assert "raw" not in first
+        assert "headers" not in first
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"http://127.0.0.1:{emu.control_port}/control/stats")
+        assert answer.json() == {"messages": 2, "attempts": 4, "connections": 2}
+    finally:
+        await emu.stop()

@@ -65,6 +65,8 @@ class SmtpEmulator(Emulator):
             (TLS from the first byte, RFC 8314) or ``"none"``.
         require_tls: with ``starttls``, refuse mail transactions before STARTTLS (530).
         require_auth: refuse MAIL before AUTH (530); users come from `add_user`.
+        store_bodies: keep each message whole (raw, parsed headers and bodies); False keeps
+            only its envelope, id and size, for runs of many thousands (benchmarks).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class SmtpEmulator(Emulator):
         cert_file: Path | None = None,
         key_file: Path | None = None,
         clock: Clock = system_clock,
+        store_bodies: bool = True,
     ) -> None:
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError("tls is starttls, implicit or none")
@@ -91,6 +94,9 @@ class SmtpEmulator(Emulator):
         self.require_tls = require_tls
         self.require_auth = require_auth
         self.hostname = hostname
+        self.store_bodies = store_bodies
+        self.connections = 0
+        """SMTP connections accepted so far (how well a client pools its sessions)."""
         self.messages: list[dict[str, Any]] = []
         self.attempts: list[dict[str, Any]] = []
         self._port = port
@@ -173,10 +179,12 @@ class SmtpEmulator(Emulator):
         self.messages.clear()
         self.attempts.clear()
         self._replies.clear()
+        self.connections = 0
 
     # -- the SMTP server -------------------------------------------------------------------------
 
     def _protocol(self) -> SMTP:
+        self.connections += 1
         return SMTP(
             _Handler(self),
             hostname=self.hostname,
@@ -228,6 +236,17 @@ class SmtpEmulator(Emulator):
 
     def _record(self, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
+        if not self.store_bodies:
+            brief: dict[str, Any] = {
+                "id": secrets.token_hex(8),
+                "mail_from": envelope.mail_from,
+                "rcpt_to": list(envelope.rcpt_tos),
+                "size": len(raw),
+                "tls": session.ssl is not None or self.tls == "implicit",
+                "time": self._clock(),
+            }
+            self.messages.append(brief)
+            return str(brief["id"])
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
         message: dict[str, Any] = {
             "id": secrets.token_hex(8),
@@ -271,6 +290,9 @@ class SmtpEmulator(Emulator):
             return 200, {"cleared": cleared}
         if route == ("GET", "/control/attempts"):
             return 200, self.attempts
+        if route == ("GET", "/control/stats"):
+            counts = {"messages": len(self.messages), "attempts": len(self.attempts)}
+            return 200, {**counts, "connections": self.connections}
         if route == ("POST", "/control/users"):
             given = json_body(request)
             username, password = given.get("username"), given.get("password")
