@@ -12,6 +12,7 @@ import httpx
 
 from clarion import bootstrap
 from clarion.entrypoints.server import serve
+from clarion.services.ports import Clock
 from clarion.settings import Settings
 
 
@@ -25,10 +26,11 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Running]:
-    """Run API, gateway and worker in-process on an ephemeral port until the block ends."""
+async def running(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[Running]:
+    """Run API, gateway and worker in-process on an ephemeral port until the block ends, on
+    the system clock or on `clock`."""
     await bootstrap.migrate(settings)
-    app = bootstrap.build(settings)
+    app = bootstrap.build(settings, clock=clock)
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(app, stop=stop, on_listening=port.set_result))

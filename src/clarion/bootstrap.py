@@ -23,6 +23,7 @@ from clarion.adapters.sealing import Sealer, load_or_create_key
 from clarion.adapters.storage import engines, migrating
 from clarion.adapters.storage.backlog import SqlBacklog
 from clarion.adapters.storage.credentials import SqlCredentials
+from clarion.adapters.storage.rules import SqlRules
 from clarion.adapters.storage.sql import SqlStore
 from clarion.adapters.storage.statistics import SqlStatistics
 from clarion.adapters.storage.templates import SqlTemplates
@@ -41,6 +42,7 @@ from clarion.services.deadletters import DeadLetters
 from clarion.services.delivering import Delivering
 from clarion.services.devices import Devices
 from clarion.services.directory import Directory
+from clarion.services.expiring import Expiring
 from clarion.services.inboxes import Inboxes
 from clarion.services.mailing import EmailTransport, Mailing
 from clarion.services.pausing import PausingTransport
@@ -49,6 +51,7 @@ from clarion.services.realtime import Realtime
 from clarion.services.relaying import Relay
 from clarion.services.reporting import Reporting
 from clarion.services.routing import Routing
+from clarion.services.ruling import Ruling
 from clarion.services.statistics import ProducerStatistics
 from clarion.services.subscriptions import Subscriptions
 from clarion.services.suppressing import Suppressing
@@ -90,10 +93,13 @@ class Clarion:
     suppressing: Suppressing
     templates: Templates
     mailing: Mailing
+    ruling: Ruling
     transports: dict[Channel, Transport] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Sends to FCM topics (groups mapped to topics); None while FCM is off.
     broadcasting: Broadcasting | None = None
+    # Moves undelivered work of expired notifications to `expired` (always built by `build`).
+    expiring: Expiring | None = None
 
     async def close(self) -> None:
         """Close provider connections, then release the database pool."""
@@ -172,6 +178,7 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         redeliver_after=settings.worker.redeliver_after_seconds,
     )
     acknowledging = Acknowledging(store, bus, clock)
+    ruling = Ruling(SqlRules(store.engine), store, clock, channels=REALTIME | frozenset(transports))
     return Clarion(
         settings=settings,
         store=store,
@@ -187,11 +194,11 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
             channels=REALTIME | frozenset(transports),
             on_accepted=relay.wake,
             backlog=Backlog(
-                SqlBacklog(store.engine).unpublished,
+                SqlBacklog(store.engine, clock.now).unpublished,
                 limit=settings.limits.max_unpublished_events,
             ),
         ),
-        routing=Routing(store, bus, clock),
+        routing=Routing(store, bus, clock, ruling),
         relay=relay,
         realtime=Realtime(store, tokens, clock, page=settings.gateway.backlog_page),
         acknowledging=acknowledging,
@@ -215,9 +222,11 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         suppressing=_suppressing(settings, store, vault, clock, closers),
         templates=Templates(template_store, clock),
         mailing=Mailing(store, credentials, clock),
+        ruling=ruling,
         transports=transports,
         closers=closers,
         broadcasting=broadcasting,
+        expiring=Expiring(store, clock),
     )
 
 

@@ -302,6 +302,38 @@ async def test_the_redelivery_sweep_takes_every_stale_event_once_per_window(
     assert await relay.redeliver_stale(older_than=timedelta(seconds=-5)) == 6
 
 
+async def test_an_event_that_stays_unrouted_goes_back_ever_more_rarely(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    [accepted] = await clarion.accepting.accept_many(
+        tenant, [(EventSpec(type="t", recipients=Recipients(users=("a",))), None)]
+    )
+    window = timedelta(seconds=10)
+    start = clarion.clock.now() + window
+
+    async def taken_at(seconds: float) -> bool:
+        now = start + timedelta(seconds=seconds)
+        found = await clarion.store.take_stale_events(
+            accepted_before=now - window, limit=10, now=now
+        )
+        return accepted.id in found
+
+    # Taken after one window, then after 1, 2, 4, 8 windows, then every 16.
+    assert await taken_at(0)
+    assert not await taken_at(9)
+    assert await taken_at(10.5)
+    assert not await taken_at(25)
+    assert await taken_at(31)
+    assert not await taken_at(65)
+    assert await taken_at(72)
+    assert await taken_at(153)
+    assert not await taken_at(300)
+    assert await taken_at(314)
+    assert not await taken_at(470)
+    assert await taken_at(475)
+
+
 async def test_backlog_gives_everything_after_the_cursor_and_anything_pending(
     clarion: bootstrap.Clarion,
 ) -> None:

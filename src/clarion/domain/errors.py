@@ -5,7 +5,8 @@ The tree::
     ClarionError
     ├── InvalidRequest (400/422)   the caller sent something we will not take
     │   ├── MalformedJson, BodyTooLarge, UnknownGroup, UnknownCommunity, TooManyRecipients,
-    │   │   NoRecipients, IdempotencyKeyReused, InvalidIdentifier, InvalidFrame, TemplateFailed
+    │   │   NoRecipients, IdempotencyKeyReused, InvalidIdentifier, InvalidFrame, TemplateFailed,
+    │   │   InvalidRule
     ├── Unauthorized (401)         no credential, or one we do not accept
     │   ├── InvalidApiKey, InvalidUserToken, InvalidSignature, SignatureRequired
     ├── NotFound (404)             missing, or not yours (the two are never told apart)
@@ -96,6 +97,16 @@ class TemplateFailed(InvalidRequest):
     code = "template_error"
 
 
+class InvalidRule(InvalidRequest):
+    """The routing rule or rules file is not valid.
+
+    The message starts with the field at fault (``rules[2].condition: ...``), and so does
+    ``details.field``; an expression's error also carries ``details.column``.
+    """
+
+    code = "invalid_rule"
+
+
 class IdempotencyKeyReused(InvalidRequest):
     """This Idempotency-Key was used before with a different request body."""
 
@@ -182,6 +193,12 @@ class GroupKindMismatch(Conflict):
     """A group cannot change kind, and only a group can join, and only a community."""
 
     code = "group_kind_mismatch"
+
+
+class AlreadySent(Conflict):
+    """The event was already routed: it can no longer be cancelled."""
+
+    code = "already_sent"
 
 
 class Unavailable(ClarionError):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from clarion.domain import errors
 from clarion.domain.channels import Channel
 from clarion.domain.statuses import Status
 
@@ -54,9 +55,26 @@ class EventSpec:
     category: str | None = None
     group: str | None = None
     channels: tuple[Channel, ...] | None = None
+    send_at: datetime | None = None
+    """Not to go out before this (aware); None, now or past: at once."""
+    expires_at: datetime | None = None
+    """What is not delivered by then is dropped as `expired` (aware)."""
+    ttl: int | None = None
+    """Seconds after it goes out until it expires: `expires_at` given relatively."""
 
     def to_json(self) -> JsonObject:
-        """The event as stored and as replayed to the router."""
+        """The event as stored and as replayed to the router. Scheduling fields appear only
+        when set, so events stored before they existed keep their fingerprints."""
+        raw = self._core_json()
+        if self.send_at is not None:
+            raw["send_at"] = self.send_at.isoformat()
+        if self.expires_at is not None:
+            raw["expires_at"] = self.expires_at.isoformat()
+        if self.ttl is not None:
+            raw["ttl"] = self.ttl
+        return raw
+
+    def _core_json(self) -> JsonObject:
         return {
             "type": self.type,
             "recipients": {
@@ -90,6 +108,9 @@ class EventSpec:
             category=raw.get("category"),
             group=raw.get("group"),
             channels=None if channels is None else tuple(Channel(c) for c in channels),
+            send_at=_instant(raw.get("send_at")),
+            expires_at=_instant(raw.get("expires_at")),
+            ttl=raw.get("ttl"),
         )
 
     def fingerprint(self) -> str:
@@ -99,6 +120,65 @@ class EventSpec:
         """
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _instant(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+MAX_SCHEDULE_AHEAD = timedelta(days=366)
+"""How far ahead `send_at` may be: a yearly reminder fits, while a typo in the year (2062 for
+2026) is refused at once instead of sitting in the outbox for decades."""
+
+MAX_TTL = timedelta(days=366)
+"""The longest life after going out (`ttl`, or `expires_at` past the send time): as long as a
+schedule may reach, so no notification needs to be kept deliverable for longer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When an accepted event goes out and when what is left of it expires (both aware UTC)."""
+
+    send_at: datetime | None
+    """None when it goes out at once."""
+    expires_at: datetime | None
+
+
+def schedule_of(spec: EventSpec, now: datetime) -> Schedule:
+    """Resolve the event's `send_at`, `expires_at` and `ttl` against `now` (acceptance).
+
+    A `send_at` at or before `now` means at once. `ttl` runs from the time the event goes out.
+
+    Raises:
+        errors.InvalidRequest: `send_at` beyond `MAX_SCHEDULE_AHEAD`; both `expires_at` and
+            `ttl`; an expiry at or before the send time, or more than `MAX_TTL` after it.
+    """
+    send_at = None if spec.send_at is None else _utc(spec.send_at)
+    if send_at is not None and send_at - now > MAX_SCHEDULE_AHEAD:
+        raise errors.InvalidRequest(f"send_at may be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
+    scheduled = send_at is not None and send_at > now
+    goes_out = send_at if send_at is not None and scheduled else now
+    if spec.expires_at is not None and spec.ttl is not None:
+        raise errors.InvalidRequest("give expires_at or ttl, not both")
+    expires_at = None if spec.expires_at is None else _utc(spec.expires_at)
+    if spec.ttl is not None:
+        if not 0 < spec.ttl <= MAX_TTL.total_seconds():
+            raise errors.InvalidRequest(f"ttl must be 1 to {int(MAX_TTL.total_seconds())} seconds")
+        expires_at = goes_out + timedelta(seconds=spec.ttl)
+    if expires_at is not None:
+        if expires_at <= goes_out:
+            raise errors.InvalidRequest("expires_at must be after the time the event goes out")
+        if expires_at - goes_out > MAX_TTL:
+            raise errors.InvalidRequest(
+                f"expires_at may be at most {MAX_TTL.days} days after the event goes out"
+            )
+    return Schedule(send_at=goes_out if scheduled else None, expires_at=expires_at)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.utcoffset() is None:
+        raise errors.InvalidRequest("timestamps need a time zone")
+    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +205,8 @@ class InboxItem:
     category: str | None
     group: str | None
     created_at: datetime
+    expires_at: datetime | None = None
+    """When the notification expires, if it does (transports pass it on as the push's TTL)."""
 
     @property
     def cursor(self) -> str:

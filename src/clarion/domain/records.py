@@ -82,8 +82,13 @@ class StoredEvent:
     spec: EventSpec
     fingerprint: str
     state: str
+    """``accepted`` (not routed yet), ``routed`` or ``cancelled``."""
     created_at: datetime
     routed_at: datetime | None
+    send_at: datetime | None = None
+    """When it is due to be routed, if scheduled for later than its acceptance."""
+    expires_at: datetime | None = None
+    cancelled_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,23 @@ class Moved:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleApplied:
+    """What the tenant's routing rule that decided an event sets on its notification.
+
+    Attributes:
+        rule_key: the rule's key.
+        priority: ``normal`` or ``critical``.
+        ttl_seconds: how long an undelivered push stays worth delivering; None: the default.
+        template_key: the template to render with instead of the event type; None: the type.
+    """
+
+    rule_key: str
+    priority: str
+    ttl_seconds: int | None = None
+    template_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class EventReport:
     """An event, its notification, and where its recipients and deliveries stand."""
 
@@ -133,6 +155,7 @@ class EventReport:
     recipients: StatusCounts
     channels: dict[str, StatusCounts]
     topics: tuple[TopicSendView, ...] = ()
+    rule: RuleApplied | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +207,9 @@ class NewEvent:
     spec: EventSpec
     idempotency_key: str | None
     fingerprint: str
+    send_at: datetime | None = None
+    """Resolved at acceptance (`notifications.schedule_of`): None for at once."""
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

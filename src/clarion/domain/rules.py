@@ -33,6 +33,7 @@ import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -635,3 +636,21 @@ def load_rules_file(text: str, format: str) -> tuple[Rule, ...]:
     except RecursionError:
         raise InvalidRequest("rules file: nested too deeply") from None
     return rules_from_json(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRule:
+    """A tenant's rule as stored, with when it was first saved and last replaced."""
+
+    rule: Rule
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChanges:
+    """What applying a set of rules changed: keys created, replaced and (with replace) deleted."""
+
+    created: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()

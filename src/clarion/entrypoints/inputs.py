@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from clarion.domain import identifiers
 from clarion.domain.channels import PUSH_ALIAS, Channel
-from clarion.domain.notifications import EventSpec, Recipients
+from clarion.domain.notifications import MAX_TTL, EventSpec, Recipients
 
 
 def _key(value: str) -> str:
@@ -57,7 +66,16 @@ def _storable_json(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def _rfc3339(value: Any) -> Any:
+    # Pydantic would also read a number as Unix time; the API documents RFC 3339 strings only.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 timestamp with a time zone")
+    return value
+
+
 Key = Annotated[str, AfterValidator(_key)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+"""An RFC 3339 date and time with its offset (``2026-11-21T09:00:00Z``)."""
 Text = Annotated[str, AfterValidator(_storable_text)]
 JsonData = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 MAX_KEYS = 30_000  # the request-level ceiling; the configured per-event limit is checked later
@@ -96,6 +114,18 @@ class EventIn(Input):
         Annotated[list[ChannelName], Field(min_length=1, max_length=len(Channel) + 1)] | None
     ) = None
     """Where to push besides the in-app inbox; "push" stands for every configured push provider."""
+    send_at: Timestamp | None = None
+    """Not before then (at most `notifications.MAX_SCHEDULE_AHEAD` ahead); past or now: at once."""
+    expires_at: Timestamp | None = None
+    """What is not delivered by then is dropped as `expired`."""
+    ttl: Annotated[int, Field(gt=0, le=int(MAX_TTL.total_seconds()))] | None = None
+    """Seconds from the time it goes out until it expires; instead of `expires_at`."""
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> Self:
+        if self.expires_at is not None and self.ttl is not None:
+            raise ValueError("give expires_at or ttl, not both")
+        return self
 
 
 class IngestMessage(Input):
@@ -132,4 +162,7 @@ def event_spec(body: EventIn, push_channels: Callable[[], tuple[Channel, ...]]) 
         category=body.category,
         group=body.group,
         channels=channels,
+        send_at=body.send_at,
+        expires_at=body.expires_at,
+        ttl=body.ttl,
     )

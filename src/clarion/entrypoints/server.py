@@ -29,6 +29,7 @@ from clarion.entrypoints.api.routes import (
     health,
     mail_events,
     me,
+    rules,
     settings as settings_routes,
     stats,
     templates,
@@ -94,6 +95,7 @@ def create_app(clarion: Clarion) -> FastAPI:
         unsubscribe,
         mail_events,
         templates,
+        rules,
         settings_routes,
         health,
     ):
@@ -226,6 +228,8 @@ def _worker_jobs(
     ]
     if clarion.broadcasting is not None:
         jobs.append(("broadcasting", clarion.broadcasting.run(stop)))
+    if clarion.expiring is not None:
+        jobs.append(("expiring", clarion.expiring.run(stop)))
     return jobs
 
 

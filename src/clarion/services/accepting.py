@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from clarion.domain import errors
 from clarion.domain.channels import PUSH, REALTIME, Channel
-from clarion.domain.notifications import AcceptedEvent, EventSpec
+from clarion.domain.notifications import AcceptedEvent, EventSpec, schedule_of
 from clarion.services.ports import Clock, NewEvent, Store
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,9 @@ class Accepting:
             errors.IdempotencyKeyReused: the key was used with another body.
             errors.Overloaded: too many accepted events wait for the workers (see `Backlog`).
         """
+        now = self._clock.now()
         self._check(spec)
+        schedule = schedule_of(spec, now)
         if self._backlog is not None:
             await self._backlog.check()
         await self._check_groups(tenant_id, [spec])
@@ -143,7 +145,9 @@ class Accepting:
             spec=spec,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
-            now=self._clock.now(),
+            now=now,
+            send_at=schedule.send_at,
+            expires_at=schedule.expires_at,
         )
         if stored.fingerprint != fingerprint:
             raise errors.IdempotencyKeyReused()
@@ -163,9 +167,12 @@ class Accepting:
             as `accept`, for the first event that is refused, its message prefixed with its
             place (``events[3]: ...``).
         """
+        now = self._clock.now()
+        schedules = []
         for index, (spec, _) in enumerate(batch):
             try:
                 self._check(spec)
+                schedules.append(schedule_of(spec, now))
             except errors.ClarionError as exc:
                 raise type(exc)(f"events[{index}]: {exc.message}", **exc.details) from None
         if self._backlog is not None:
@@ -173,8 +180,15 @@ class Accepting:
         await self._check_groups(tenant_id, [spec for spec, _ in batch])
         entries: list[NewEvent] = []
         by_key: dict[str, NewEvent] = {}
-        for index, (spec, key) in enumerate(batch):
-            entry = NewEvent(str(uuid.uuid4()), spec, key, spec.fingerprint())
+        for index, ((spec, key), schedule) in enumerate(zip(batch, schedules, strict=True)):
+            entry = NewEvent(
+                str(uuid.uuid4()),
+                spec,
+                key,
+                spec.fingerprint(),
+                send_at=schedule.send_at,
+                expires_at=schedule.expires_at,
+            )
             if key is not None:
                 first = by_key.setdefault(key, entry)
                 if first.fingerprint != entry.fingerprint:
@@ -184,9 +198,7 @@ class Accepting:
                 entry = first
             entries.append(entry)
         unique = list({id(e): e for e in entries}.values())
-        stored = await self._store.insert_events(
-            tenant_id=tenant_id, batch=unique, now=self._clock.now()
-        )
+        stored = await self._store.insert_events(tenant_id=tenant_id, batch=unique, now=now)
         found = {entry.event_id: s for entry, s in zip(unique, stored, strict=True)}
         answers: list[AcceptedEvent] = []
         for index, entry in enumerate(entries):
@@ -199,6 +211,24 @@ class Accepting:
         if any(a.created for a in answers):
             self._on_accepted()
         return answers
+
+    async def cancel(self, tenant_id: str, event_id: str) -> None:
+        """Cancel an event that is not routed yet (scheduled, or still on its way to the
+        routers): it is never routed. Cancelling a cancelled event again changes nothing.
+
+        Raises:
+            errors.NotFound: no such event in this tenant.
+            errors.AlreadySent: the event was routed already.
+        """
+        state = await self._store.cancel_event(tenant_id, event_id, self._clock.now())
+        if state is None:
+            raise errors.NotFound("no such event")
+        if state == "routed":
+            raise errors.AlreadySent()
+        log.info(
+            "event cancelled",
+            extra={"action": "event_cancelled", "tenant": tenant_id, "event_id": event_id},
+        )
 
     def _check(self, spec: EventSpec) -> None:
         if spec.recipients.is_empty():

@@ -7,7 +7,7 @@ do it set-based (``INSERT ... SELECT``, ``UPDATE ... WHERE id IN``), never a row
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -34,6 +34,7 @@ from clarion.domain.records import (
     OutboxEntry,
     RecipientReport,
     Routed,
+    RuleApplied,
     SenderSettings,
     Statistics,
     StatisticsQuery,
@@ -49,6 +50,7 @@ from clarion.domain.records import (
     UserRecord,
     WebhookInfo,
 )
+from clarion.domain.rules import Rule, RuleChanges, StoredRule
 from clarion.domain.statuses import Status
 from clarion.domain.templates import (
     EmailTemplate,
@@ -85,6 +87,8 @@ __all__ = [
     "OutboxEntry",
     "RecipientReport",
     "Routed",
+    "RuleApplied",
+    "RuleStore",
     "SenderSettings",
     "SnsClient",
     "Statistics",
@@ -247,9 +251,12 @@ class Store(Protocol):
         idempotency_key: str | None,
         fingerprint: str,
         now: datetime,
+        send_at: datetime | None = None,
+        expires_at: datetime | None = None,
     ) -> StoredEvent:
         """Store the event and its outbox entry together, or return the event that already
-        holds this idempotency key (the caller compares fingerprints)."""
+        holds this idempotency key (the caller compares fingerprints). A `send_at` keeps the
+        entry from the relay until then; `expires_at` goes to the notification routing makes."""
         ...
 
     async def insert_events(
@@ -272,11 +279,24 @@ class Store(Protocol):
         notification_id: str,
         channels: Callable[[EventSpec], Sequence[Channel]],
         now: datetime,
+        only: Mapping[Channel, Collection[str]] | None = None,
+        rule: RuleApplied | None = None,
     ) -> Routed | None:
         """Expand the recipients, create unknown users, and write the notification, one inbox
         item per recipient and one delivery per recipient and channel, all set-based in one
-        transaction. `channels` picks the channels from the stored event. None when the event is
-        unknown or was routed before."""
+        transaction. `channels` picks the channels from the stored event; a channel in `only`
+        goes to the recipients (external ids) listed there alone. `rule` is stored on the
+        notification. None when the event is unknown or was routed before."""
+        ...
+
+    async def pending_event(self, event_id: str) -> StoredEvent | None:
+        """The event while it waits to be routed (state ``accepted``), or None."""
+        ...
+
+    async def audience_attributes(
+        self, tenant_id: str, spec: EventSpec
+    ) -> list[tuple[str, JsonObject]]:
+        """(external id, stored attributes) of every existing user the event reaches."""
         ...
 
     async def unrouted_events(self, *, accepted_before: datetime, limit: int) -> list[str]:
@@ -286,14 +306,16 @@ class Store(Protocol):
     async def take_stale_events(
         self, *, accepted_before: datetime, limit: int, now: datetime
     ) -> list[str]:
-        """Up to `limit` events accepted before `accepted_before`, still not routed, and not
-        taken again since then, oldest first; each is marked taken at `now`, so concurrent
-        sweeps (one per worker) share them out and each event goes back on the bus at most
-        once per window however long routing lags."""
+        """Up to `limit` events accepted before `accepted_before`, still not routed, whose
+        next re-publication is due, oldest first; each is marked taken at `now`, so concurrent
+        sweeps (one per worker) share them out. The window is `now - accepted_before`; an event
+        goes back after one window, then after 2, 4, 8 and at most 16 more, so a long queue
+        is not re-published every window."""
         ...
 
-    async def pending_outbox(self, limit: int) -> list[OutboxEntry]:
-        """Outbox entries not yet published, in commit order."""
+    async def pending_outbox(self, limit: int, *, now: datetime | None = None) -> list[OutboxEntry]:
+        """Outbox entries not yet published, in commit order; with `now`, only those due by
+        then (a scheduled event's entry waits for its `send_at`)."""
         ...
 
     async def mark_published(self, ids: Sequence[int], now: datetime) -> None:
@@ -304,6 +326,18 @@ class Store(Protocol):
         """Forget entries published before the given time; how many went."""
         ...
 
+    async def cancel_event(self, tenant_id: str, event_id: str, now: datetime) -> str | None:
+        """Cancel the event if it is not routed yet (state ``cancelled``, its unpublished
+        outbox entry dropped). The event's state afterwards (``cancelled``, or ``routed`` when
+        too late); None when the tenant has no such event."""
+        ...
+
+    async def expire_overdue(self, *, now: datetime, limit: int) -> int:
+        """Move up to `limit` pending deliveries, then up to `limit` pending items, whose
+        notification expired by `now` to `expired`, audited; those a worker holds a lease on
+        wait for it. How many moved."""
+        ...
+
     # realtime
     async def items_for_users(
         self, tenant_id: str, notification_id: str, user_ids: Sequence[int]
@@ -312,11 +346,18 @@ class Store(Protocol):
         ...
 
     async def backlog(
-        self, tenant_id: str, user_id: int, *, after: int | None, start: int, limit: int
+        self,
+        tenant_id: str,
+        user_id: int,
+        *,
+        after: int | None,
+        start: int,
+        limit: int,
+        now: datetime | None = None,
     ) -> list[Addressed]:
         """One page of what a (re)connecting user missed, items with id above `start` in id
         order: every item after the cursor `after`, and any still pending (only those when
-        there is no cursor)."""
+        there is no cursor); never an expired one (with `now`: nor one whose expiry passed)."""
         ...
 
     async def mark_sent(
@@ -868,4 +909,32 @@ class TemplateStore(Protocol):
 
     async def default_locale(self, tenant_id: str) -> str:
         """The locale the tenant's templates fall back to (``en`` for an unknown tenant)."""
+        ...
+
+
+class RuleStore(Protocol):
+    """Tenants' routing rules (`domain.rules`), one per (tenant, key)."""
+
+    async def put_rule(self, tenant_id: str, rule: Rule, now: datetime) -> tuple[StoredRule, bool]:
+        """Save `rule` under its key, replacing any rule of that key (which keeps its
+        `created_at`); the rule as saved and whether it was new."""
+        ...
+
+    async def get_rule(self, tenant_id: str, key: str) -> StoredRule | None:
+        """The rule, or None."""
+        ...
+
+    async def list_rules(self, tenant_id: str) -> list[StoredRule]:
+        """Every rule of the tenant."""
+        ...
+
+    async def delete_rule(self, tenant_id: str, key: str) -> bool:
+        """Forget a rule; False when there was none."""
+        ...
+
+    async def apply_rules(
+        self, tenant_id: str, given: Sequence[Rule], now: datetime, *, replace: bool
+    ) -> RuleChanges:
+        """Save every rule of `given` in one transaction; with `replace`, delete the tenant's
+        rules whose keys `given` does not hold, so the tenant has exactly `given`."""
         ...

@@ -34,7 +34,12 @@ class Realtime:
         start = 0
         while True:
             page = await self._store.backlog(
-                tenant_id, user_id, after=after, start=start, limit=self._page
+                tenant_id,
+                user_id,
+                after=after,
+                start=start,
+                limit=self._page,
+                now=self._clock.now(),
             )
             if page:
                 yield page

@@ -4,6 +4,9 @@ The database is the system of record. An event is committed with its outbox entr
 publishes entries in commit order and marks them published. A bus that loses a message (a
 crash of the in-process bus, a broker failover) only delays routing: any event still unrouted
 after `redeliver_after` is published again. Routing is idempotent, so duplicates are harmless.
+
+A scheduled event's entry becomes due at its `send_at`: the relay's poll (every `interval`)
+picks it up then, and the sweep counts its staleness from then.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Relay:
 
     async def relay_once(self) -> int:
         """Publish one batch of pending entries; how many went out."""
-        entries = await self._store.pending_outbox(self._batch)
+        entries = await self._store.pending_outbox(self._batch, now=self._clock.now())
         for entry in entries:
             await self._bus.publish(entry.topic, entry.payload)
         if entries:

@@ -126,6 +126,8 @@ def notification_for(claimed: Claimed, topic: str) -> apns.Notification:
         thread_id=item.group,
         custom_data=dict(item.data),
         apns_id=apns_id_for(claimed.id),
+        # APNs stops storing it for an offline device when the notification expires.
+        expiration=item.expires_at,
     )
 
 

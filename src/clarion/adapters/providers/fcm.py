@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,7 +71,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def message_for(claimed: Claimed) -> fcm.Message:
+def message_for(claimed: Claimed, now: datetime | None = None) -> fcm.Message:
     """The FCM message for a claimed delivery: the item's title and body as the notification,
     its data as FCM's data (string values only: `wire.fcm` refuses others, see
     `fcm.Message`). The address is the device's registration token, or ``/topics/<name>``
@@ -88,11 +88,19 @@ def message_for(claimed: Claimed) -> fcm.Message:
     notification = None
     if item.title is not None or item.body is not None:
         notification = fcm.Notification(title=item.title, body=item.body)
+    android = None
+    if item.expires_at is not None:
+        # FCM keeps it for an offline device until the notification expires (capped by FCM).
+        left = item.expires_at - (now or _utcnow())
+        android = fcm.AndroidConfig(ttl=min(max(left, timedelta(0)), fcm.MAX_TTL))
     if address.startswith(TOPIC_PREFIX):
         return fcm.Message(
-            topic=address.removeprefix(TOPIC_PREFIX), notification=notification, data=item.data
+            topic=address.removeprefix(TOPIC_PREFIX),
+            notification=notification,
+            data=item.data,
+            android=android,
         )
-    return fcm.Message(token=address, notification=notification, data=item.data)
+    return fcm.Message(token=address, notification=notification, data=item.data, android=android)
 
 
 def topic_claim(send: ClaimedTopicSend) -> Claimed:
@@ -791,7 +799,7 @@ class FcmTransport:
         claimed: Claimed,
     ) -> Outcome:
         try:
-            body = fcm.encode_body(message_for(claimed))
+            body = fcm.encode_body(message_for(claimed, self._now()))
         except errors.InvalidRequest as exc:
             return Rejected(exc.message)
         project = account.account.project_id

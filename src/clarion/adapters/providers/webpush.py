@@ -191,6 +191,15 @@ class WebPushTransport:
         self._tokens[key] = (value, renew_at)
         return value
 
+    def _ttl_for(self, claimed: Claimed) -> int:
+        """The ``TTL`` header: the configured one, or less when the notification expires
+        sooner (the push service drops it for an offline browser then) [RFC8030 §5.2]."""
+        expires_at = claimed.item.expires_at
+        if expires_at is None:
+            return self._ttl
+        left = int((expires_at - self._now()).total_seconds())
+        return max(0, min(self._ttl, left))
+
     async def _send_one(self, info: CredentialInfo, signer: _Signer, claimed: Claimed) -> Outcome:
         keys = claimed.keys
         p256dh, auth = keys.get("p256dh"), keys.get("auth")
@@ -202,7 +211,7 @@ class WebPushTransport:
                 webpush.Message(
                     subscription=subscription,
                     payload=payload_for(claimed),
-                    ttl=self._ttl,
+                    ttl=self._ttl_for(claimed),
                     urgency=self._urgency,
                 ),
                 authorization=self.authorization(info, signer, subscription.endpoint),

@@ -9,7 +9,7 @@ their audit entries in the same transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -531,6 +531,8 @@ class SqlStore:
         idempotency_key: str | None,
         fingerprint: str,
         now: datetime,
+        send_at: datetime | None = None,
+        expires_at: datetime | None = None,
     ) -> ports.StoredEvent:
         try:
             async with self._write() as conn:
@@ -548,6 +550,8 @@ class SqlStore:
                         fingerprint=fingerprint,
                         state="accepted",
                         created_at=now,
+                        send_at=send_at,
+                        expires_at=expires_at,
                     )
                 )
                 await conn.execute(
@@ -555,6 +559,7 @@ class SqlStore:
                         topic=EVENTS_STREAM,
                         payload={"event_id": event_id, "tenant_id": tenant_id},
                         created_at=now,
+                        available_at=send_at or now,
                     )
                 )
         except IntegrityError:
@@ -575,6 +580,8 @@ class SqlStore:
             state="accepted",
             created_at=now,
             routed_at=None,
+            send_at=send_at,
+            expires_at=expires_at,
         )
 
     async def insert_events(
@@ -604,6 +611,8 @@ class SqlStore:
                                     "fingerprint": e.fingerprint,
                                     "state": "accepted",
                                     "created_at": now,
+                                    "send_at": e.send_at,
+                                    "expires_at": e.expires_at,
                                 }
                                 for e in fresh
                             ],
@@ -615,6 +624,7 @@ class SqlStore:
                                     "topic": EVENTS_STREAM,
                                     "payload": {"event_id": e.event_id, "tenant_id": tenant_id},
                                     "created_at": now,
+                                    "available_at": e.send_at or now,
                                 }
                                 for e in fresh
                             ],
@@ -635,6 +645,8 @@ class SqlStore:
                 state="accepted",
                 created_at=now,
                 routed_at=None,
+                send_at=e.send_at,
+                expires_at=e.expires_at,
             )
             for e in batch
         ]
@@ -676,6 +688,27 @@ class SqlStore:
             ).first()
         return None if row is None else _stored_event(row)
 
+    async def pending_event(self, event_id: str) -> ports.StoredEvent | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(events).where(events.c.id == event_id, events.c.state == "accepted")
+                )
+            ).first()
+        return None if row is None else _stored_event(row)
+
+    async def audience_attributes(
+        self, tenant_id: str, spec: EventSpec
+    ) -> list[tuple[str, JsonObject]]:
+        audience = _audience(tenant_id, spec)
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(users.c.external_id, users.c.attributes).join(
+                    audience, audience.c.user_id == users.c.id
+                )
+            )
+            return [(row.external_id, row.attributes or {}) for row in rows]
+
     async def route_event(
         self,
         event_id: str,
@@ -683,7 +716,10 @@ class SqlStore:
         notification_id: str,
         channels: Callable[[EventSpec], Sequence[Channel]],
         now: datetime,
+        only: Mapping[Channel, Collection[str]] | None = None,
+        rule: ports.RuleApplied | None = None,
     ) -> ports.Routed | None:
+        only = only or {}
         async with self._write() as conn:
             row = (
                 await conn.execute(self._locked(sa.select(events).where(events.c.id == event_id)))
@@ -691,6 +727,8 @@ class SqlStore:
             if row is None or row.state != "accepted":
                 return None
             event = _stored_event(row)
+            if event.send_at is not None and event.send_at > now:
+                return None  # a message that came early (a duplicate); the relay sends it on time
             spec, tenant_id = event.spec, event.tenant_id
             group = routing.group_of(spec)
             await self._create_users(conn, tenant_id, spec.recipients.users, now)
@@ -712,6 +750,11 @@ class SqlStore:
                     category=spec.category,
                     group_key=group,
                     created_at=now,
+                    expires_at=event.expires_at,
+                    rule_key=None if rule is None else rule.rule_key,
+                    priority=None if rule is None else rule.priority,
+                    ttl_seconds=None if rule is None else rule.ttl_seconds,
+                    template_key=None if rule is None else rule.template_key,
                 )
             )
             audience = _audience(tenant_id, spec)
@@ -739,42 +782,53 @@ class SqlStore:
             )
             to_topics = 0
             for channel in dict.fromkeys(channels(spec)):
-                # Members of groups mapped to FCM topics hear of it through the topic send.
+                # Members of groups mapped to FCM topics hear of it through the topic send,
+                # unless a rule sends FCM to some recipients only: a topic reaches them all.
                 through_topics = None
-                if channel == Channel.FCM:
+                if channel == Channel.FCM and channel not in only:
                     to_topics = await topics.write_topic_sends(
                         conn, tenant_id, notification_id, spec, now
                     )
                     through_topics = topics.reached_through_topics(tenant_id, spec)
-                await conn.execute(
-                    deliveries.insert().from_select(
-                        [
-                            "tenant_id",
-                            "notification_id",
-                            "item_id",
-                            "user_id",
-                            "channel",
-                            "endpoint",
-                            "status",
-                            "category",
-                            "group_key",
-                            "attempts",
-                            "next_attempt_at",
-                            "fence",
-                            "created_at",
-                            "updated_at",
-                        ],
-                        _delivery_rows(
-                            tenant_id,
-                            notification_id,
-                            channel,
-                            now,
-                            category=spec.category,
-                            group=group,
-                            excluded=through_topics,
-                        ),
+                chosen: list[sa.Select[Any] | None] = [None]
+                if channel in only:
+                    chosen = [
+                        sa.select(users.c.id).where(
+                            users.c.tenant_id == tenant_id, users.c.external_id.in_(chunk)
+                        )
+                        for chunk in _chunks(sorted(only[channel]), _CHUNK)
+                    ]
+                for among in chosen:
+                    await conn.execute(
+                        deliveries.insert().from_select(
+                            [
+                                "tenant_id",
+                                "notification_id",
+                                "item_id",
+                                "user_id",
+                                "channel",
+                                "endpoint",
+                                "status",
+                                "category",
+                                "group_key",
+                                "attempts",
+                                "next_attempt_at",
+                                "fence",
+                                "created_at",
+                                "updated_at",
+                            ],
+                            _delivery_rows(
+                                tenant_id,
+                                notification_id,
+                                channel,
+                                now,
+                                category=spec.category,
+                                group=group,
+                                excluded=through_topics,
+                                among=among,
+                            ),
+                        )
                     )
-                )
             # An item none of whose deliveries may go out is suppressed as a whole.
             await conn.execute(
                 inbox_items.update()
@@ -787,6 +841,13 @@ class SqlStore:
                 )
                 .values(status=str(Status.SUPPRESSED))
             )
+            if event.expires_at is not None:
+                for table in (inbox_items, deliveries):
+                    await conn.execute(
+                        table.update()
+                        .where(table.c.notification_id == notification_id)
+                        .values(expires_at=event.expires_at)
+                    )
             await self._audit_creation(conn, tenant_id, notification_id, now)
             await conn.execute(
                 events.update().where(events.c.id == event_id).values(state="routed", routed_at=now)
@@ -828,7 +889,11 @@ class SqlStore:
         async with self._read() as conn:
             rows = await conn.execute(
                 sa.select(events.c.id)
-                .where(events.c.state == "accepted", events.c.created_at <= accepted_before)
+                .where(
+                    events.c.state == "accepted",
+                    events.c.created_at <= accepted_before,
+                    _due_by(accepted_before),
+                )
                 .order_by(events.c.created_at)
                 .limit(limit)
             )
@@ -842,9 +907,9 @@ class SqlStore:
             .where(
                 events.c.state == "accepted",
                 events.c.created_at <= accepted_before,
-                sa.or_(
-                    events.c.redelivered_at.is_(None), events.c.redelivered_at < accepted_before
-                ),
+                # A scheduled event is stale only once it has been due that long.
+                _due_by(accepted_before),
+                _redelivery_due(now, window=max(now - accepted_before, timedelta(0))),
             )
             .order_by(events.c.created_at)
             .limit(limit)
@@ -855,16 +920,22 @@ class SqlStore:
             rows = await conn.execute(
                 events.update()
                 .where(events.c.id.in_(stale.scalar_subquery()))
-                .values(redelivered_at=now)
+                .values(redelivered_at=now, redeliveries=events.c.redeliveries + 1)
                 .returning(events.c.id)
             )
             return [r.id for r in rows]
 
-    async def pending_outbox(self, limit: int) -> list[ports.OutboxEntry]:
+    async def pending_outbox(
+        self, limit: int, *, now: datetime | None = None
+    ) -> list[ports.OutboxEntry]:
+        due: sa.ColumnElement[bool] = sa.true()
+        if now is not None:
+            # Entries scheduled for later wait; they never hold up the due ones behind them.
+            due = sa.or_(outbox.c.available_at.is_(None), outbox.c.available_at <= now)
         async with self._read() as conn:
             rows = await conn.execute(
                 sa.select(outbox.c.id, outbox.c.topic, outbox.c.payload)
-                .where(outbox.c.published_at.is_(None))
+                .where(outbox.c.published_at.is_(None), due)
                 .order_by(outbox.c.id)
                 .limit(limit)
             )
@@ -908,13 +979,28 @@ class SqlStore:
         return found
 
     async def backlog(
-        self, tenant_id: str, user_id: int, *, after: int | None, start: int, limit: int
+        self,
+        tenant_id: str,
+        user_id: int,
+        *,
+        after: int | None,
+        start: int,
+        limit: int,
+        now: datetime | None = None,
     ) -> list[ports.Addressed]:
         wanted = inbox_items.c.status == str(Status.PENDING)
         if after is not None:
             wanted = sa.or_(
-                sa.and_(inbox_items.c.id > after, inbox_items.c.status != str(Status.SUPPRESSED)),
+                sa.and_(
+                    inbox_items.c.id > after,
+                    inbox_items.c.status.not_in([str(Status.SUPPRESSED), str(Status.EXPIRED)]),
+                ),
                 wanted,
+            )
+        if now is not None:
+            # Expired, though the sweep may not have marked it yet.
+            wanted = sa.and_(
+                wanted, sa.or_(inbox_items.c.expires_at.is_(None), inbox_items.c.expires_at > now)
             )
         async with self._read() as conn:
             rows = await conn.execute(
@@ -1507,9 +1593,18 @@ class SqlStore:
             ).first()
             if row is None:
                 return None
-            notification_id = await conn.scalar(
-                sa.select(notifications.c.id).where(notifications.c.event_id == event_id)
-            )
+            made = (
+                await conn.execute(
+                    sa.select(
+                        notifications.c.id,
+                        notifications.c.rule_key,
+                        notifications.c.priority,
+                        notifications.c.ttl_seconds,
+                        notifications.c.template_key,
+                    ).where(notifications.c.event_id == event_id)
+                )
+            ).first()
+            notification_id = None if made is None else made.id
             by_status: dict[Status, int] = {}
             by_channel: dict[str, dict[Status, int]] = {}
             if notification_id is not None:
@@ -1535,6 +1630,14 @@ class SqlStore:
             recipients=StatusCounts.of(by_status),
             channels={c: StatusCounts.of(counts) for c, counts in sorted(by_channel.items())},
             topics=sent_to_topics,
+            rule=None
+            if made is None or made.rule_key is None
+            else ports.RuleApplied(
+                rule_key=made.rule_key,
+                priority=made.priority,
+                ttl_seconds=made.ttl_seconds,
+                template_key=made.template_key,
+            ),
         )
 
     async def recipient_report(
@@ -1677,7 +1780,12 @@ class SqlStore:
                     else {}
                 )
                 dead: list[_Failing] = []
+                expiring: list[int] = []
                 for delivery_id, fence, tenant_id, item_id, endpoint, attempts in leased:
+                    expires_at = items[item_id].expires_at
+                    if expires_at is not None and expires_at <= now:
+                        expiring.append(delivery_id)
+                        continue
                     device = found.get(endpoint)
                     if push and (device is None or device.status != "active"):
                         why = "device deleted" if device is None else "device retired"
@@ -1701,6 +1809,7 @@ class SqlStore:
                         )
                     )
                 await self._fail_deliveries(conn, dead, now)
+                await self._expire_deliveries(conn, expiring, now)
         return claims
 
     async def _claimed_items(
@@ -1745,6 +1854,7 @@ class SqlStore:
                 category=note.category,
                 group=note.group_key,
                 created_at=note.created_at,
+                expires_at=note.expires_at,
             )
         return found
 
@@ -1953,6 +2063,103 @@ class SqlStore:
             unreachable.update((i, (tenants[i], "unreachable")) for i in found.scalars())
         await self._move_items(conn, unreachable, Status.FAILED, now)
 
+    async def _expire_deliveries(
+        self, conn: AsyncConnection, ids: Sequence[int], now: datetime
+    ) -> int:
+        """Deliveries `pending → expired` (their notification's expiry passed), audited; then
+        their items that are still pending, expired and not in a worker's hands. How many
+        rows moved."""
+        if not ids:
+            return 0
+        moved: list[int] = []
+        for where in self._among(deliveries.c.id, sorted(ids)):
+            result = await conn.execute(
+                deliveries.update()
+                .where(where, _may_become(deliveries, Status.EXPIRED))
+                .values(
+                    status=str(Status.EXPIRED),
+                    expired_at=now,
+                    updated_at=now,
+                    lease_expires_at=None,
+                )
+                .returning(deliveries.c.id)
+            )
+            moved += result.scalars().all()
+        await self._audit_deliveries(conn, moved, Status.EXPIRED, sa.literal(EXPIRY_CAUSE), now)
+        items: dict[int, tuple[str, str]] = {}
+        for where in self._among(deliveries.c.id, moved):
+            rows = await conn.execute(
+                sa.select(inbox_items.c.id, inbox_items.c.tenant_id)
+                .join(deliveries, deliveries.c.item_id == inbox_items.c.id)
+                .where(where, _expired_by(inbox_items, now), ~_in_flight(now))
+            )
+            items.update((r.id, (r.tenant_id, EXPIRY_CAUSE)) for r in rows)
+        await self._move_items(conn, items, Status.EXPIRED, now)
+        return len(moved) + len(items)
+
+    async def expire_overdue(self, *, now: datetime, limit: int) -> int:
+        """Move up to `limit` pending deliveries past their expiry, and then up to `limit`
+        pending items, to `expired`, set-based and audited (cause ``expired``). A delivery a
+        worker holds a lease on is left to its worker (its completion or the next claim
+        settles it), and so is its item. How many rows moved."""
+        overdue = (
+            sa.select(deliveries.c.id)
+            .where(
+                _expired_by(deliveries, now),
+                sa.or_(
+                    deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at <= now
+                ),
+            )
+            .order_by(deliveries.c.expires_at)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            overdue = overdue.with_for_update(skip_locked=True)
+        async with self._write() as conn:
+            moved = await self._expire_deliveries(
+                conn, (await conn.execute(overdue)).scalars().all(), now
+            )
+            rows = await conn.execute(
+                sa.select(inbox_items.c.id, inbox_items.c.tenant_id)
+                .where(_expired_by(inbox_items, now), ~_in_flight(now))
+                .order_by(inbox_items.c.expires_at)
+                .limit(limit)
+            )
+            items = {r.id: (r.tenant_id, EXPIRY_CAUSE) for r in rows}
+            await self._move_items(conn, items, Status.EXPIRED, now)
+        return moved + len(items)
+
+    async def cancel_event(self, tenant_id: str, event_id: str, now: datetime) -> str | None:
+        """Cancel an event not routed yet: its state becomes ``cancelled`` and its unpublished
+        outbox entry goes. The state the event is in afterwards (``cancelled``, or ``routed``
+        when it was too late), None when there is no such event."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    self._locked(
+                        sa.select(events.c.state).where(
+                            events.c.tenant_id == tenant_id, events.c.id == event_id
+                        )
+                    )
+                )
+            ).first()
+            if row is None or row.state != "accepted":
+                return None if row is None else str(row.state)
+            await conn.execute(
+                events.update()
+                .where(events.c.id == event_id)
+                .values(state="cancelled", cancelled_at=now)
+            )
+            # Only the unpublished entries: the scan stays on the (published_at, id) index.
+            await conn.execute(
+                outbox.delete().where(
+                    outbox.c.published_at.is_(None),
+                    outbox.c.topic == EVENTS_STREAM,
+                    outbox.c.payload["event_id"].as_string() == event_id,
+                )
+            )
+        return "cancelled"
+
     async def _retire_devices(
         self, conn: AsyncConnection, retiring: Sequence[tuple[int, int, str, str]], now: datetime
     ) -> None:
@@ -2113,6 +2320,30 @@ class _Failing:
 
 
 _STATUSES = {str(s): s for s in Status}
+EXPIRY_CAUSE = "expired"  # the audit cause of every move to `expired`
+
+
+def _in_flight(now: datetime) -> sa.Exists:
+    """The item has a pending delivery a worker holds a lease on."""
+    held = deliveries.alias("held")
+    return (
+        sa.exists()
+        .where(
+            held.c.item_id == inbox_items.c.id,
+            held.c.status == str(Status.PENDING),
+            held.c.lease_expires_at > now,
+        )
+        .correlate(inbox_items)
+    )
+
+
+def _expired_by(table: sa.Table, now: datetime) -> sa.ColumnElement[bool]:
+    """Pending rows whose expiry passed, worded as the partial index `ix_<table>_expiring`."""
+    return sa.and_(
+        table.c.status == str(Status.PENDING),
+        table.c.expires_at.is_not(None),
+        table.c.expires_at <= now,
+    )
 
 
 def _may_become(table: sa.Table, target: Status) -> sa.ColumnElement[bool]:
@@ -2138,6 +2369,29 @@ def _aware(value: Any) -> Any:
 
 Key = users.c.external_id.type
 UtcNow = inbox_items.c.created_at.type
+
+
+REDELIVERY_DOUBLINGS = 4
+"""The relay's sweep hands an unrouted event back to the bus after one window, then after 2, 4,
+8 and at most 16 windows more: a lost message comes back at once, while an event that only
+waits in a long queue (routing lags minutes behind a burst) is not re-published every window,
+which would multiply the very load that makes it wait."""
+
+
+def _redelivery_due(now: datetime, *, window: timedelta) -> sa.ColumnElement[bool]:
+    """Whether an unrouted event's next re-publication is due (see `REDELIVERY_DOUBLINGS`)."""
+    steps = [
+        sa.and_(
+            events.c.redeliveries == n,
+            events.c.redelivered_at < now - window * 2 ** (n - 1),
+        )
+        for n in range(1, REDELIVERY_DOUBLINGS + 1)
+    ]
+    last = sa.and_(
+        events.c.redeliveries > REDELIVERY_DOUBLINGS,
+        events.c.redelivered_at < now - window * 2**REDELIVERY_DOUBLINGS,
+    )
+    return sa.or_(events.c.redeliveries == 0, *steps, last)
 
 
 def _user_is(tenant_id: str, external_id: str) -> sa.ColumnElement[bool]:
@@ -2200,10 +2454,12 @@ def _delivery_rows(
     category: str | None,
     group: str | None,
     excluded: sa.Select[Any] | None = None,
+    among: sa.Select[Any] | None = None,
 ) -> sa.Select[Any]:
     """One delivery per item and endpoint of `channel` the recipient has, created `suppressed`
     where the recipient opted out of this channel for the group or category. Push channels
-    leave out the users `excluded` selects (reached through a topic send instead)."""
+    leave out the users `excluded` selects (reached through a topic send instead); with
+    `among`, only the users it selects get one (a rule chose them by their attributes)."""
     opted_out = _opted_out(channel, category=category, group=group)
     if channel == Channel.EMAIL:
         opted_out = sa.or_(opted_out, users.c.email_status != "subscribed")
@@ -2228,6 +2484,8 @@ def _delivery_rows(
         sa.literal(now, UtcNow),
     ]
     mine = inbox_items.c.notification_id == notification_id
+    if among is not None:
+        mine = sa.and_(mine, inbox_items.c.user_id.in_(among))
     if channel in REALTIME:
         return sa.select(*base, sa.literal(""), *tail).where(mine)
     if channel == Channel.EMAIL:
@@ -2330,7 +2588,15 @@ def _stored_event(row: Any) -> ports.StoredEvent:
         state=row.state,
         created_at=row.created_at,
         routed_at=row.routed_at,
+        send_at=row.send_at,
+        expires_at=row.expires_at,
+        cancelled_at=row.cancelled_at,
     )
+
+
+def _due_by(at: datetime) -> sa.ColumnElement[bool]:
+    """The event is not scheduled, or was due to go out by `at`."""
+    return sa.or_(events.c.send_at.is_(None), events.c.send_at <= at)
 
 
 def _chunks(values: Sequence[T], size: int) -> Iterable[Sequence[T]]:

@@ -180,6 +180,12 @@ events = sa.Table(
     sa.Column("routed_at", UtcDateTime),
     # When the relay's sweep last handed it to the bus again (services/relaying.py).
     sa.Column("redelivered_at", UtcDateTime),
+    sa.Column("redeliveries", sa.Integer, nullable=False, server_default="0"),
+    # Scheduling and expiry (revision 0007): not routed before `send_at`; what is undelivered
+    # at `expires_at` expires. `cancelled_at` with state 'cancelled' (DELETE before routing).
+    sa.Column("send_at", UtcDateTime),
+    sa.Column("expires_at", UtcDateTime),
+    sa.Column("cancelled_at", UtcDateTime),
     sa.UniqueConstraint("tenant_id", "idempotency_key"),
     sa.Index(None, "tenant_id", "created_at"),
     # The relay's sweep for events still unrouted: only those are in it, so it stays small.
@@ -199,6 +205,8 @@ outbox = sa.Table(
     sa.Column("payload", Json, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("published_at", UtcDateTime),
+    # Not published before this (a scheduled event's send_at); null: at once (revision 0007).
+    sa.Column("available_at", UtcDateTime),
     sa.Index(None, "published_at", "id"),
 )
 
@@ -217,6 +225,14 @@ notifications = sa.Table(
     sa.Column("category", Key),
     sa.Column("group_key", Key),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # What the tenant's routing rule that decided added (all null when no rule matched): its
+    # key, `normal` or `critical`, the push TTL in seconds, and the template to render with.
+    sa.Column("rule_key", Key),
+    sa.Column("priority", sa.String(16)),
+    sa.Column("ttl_seconds", sa.Integer),
+    sa.Column("template_key", Key),
+    # When what is undelivered of it expires (revision 0007), from the event.
+    sa.Column("expires_at", UtcDateTime),
     sa.UniqueConstraint("event_id"),
 )
 
@@ -242,7 +258,16 @@ inbox_items = sa.Table(
     sa.Column("read_at", UtcDateTime),
     sa.Column("failed_at", UtcDateTime),
     sa.Column("expired_at", UtcDateTime),
+    # Copied from the notification (revision 0007): the expiry sweep walks a partial index of
+    # the pending rows that expire, instead of every notification that ever had an expiry.
+    sa.Column("expires_at", UtcDateTime),
     sa.UniqueConstraint("notification_id", "user_id"),
+    sa.Index(
+        "ix_inbox_items_expiring",
+        "expires_at",
+        postgresql_where=sa.text("status = 'pending' AND expires_at IS NOT NULL"),
+        sqlite_where=sa.text("status = 'pending' AND expires_at IS NOT NULL"),
+    ),
     sa.Index(None, "user_id", "id"),
     sa.Index(None, "user_id", "status"),
     sa.Index(None, "tenant_id", "group_key", "created_at"),
@@ -302,7 +327,15 @@ deliveries = sa.Table(
     sa.Column("read_at", UtcDateTime),
     sa.Column("failed_at", UtcDateTime),
     sa.Column("expired_at", UtcDateTime),
+    # As on inbox items.
+    sa.Column("expires_at", UtcDateTime),
     sa.UniqueConstraint("notification_id", "user_id", "channel", "endpoint"),
+    sa.Index(
+        "ix_deliveries_expiring",
+        "expires_at",
+        postgresql_where=sa.text("status = 'pending' AND expires_at IS NOT NULL"),
+        sqlite_where=sa.text("status = 'pending' AND expires_at IS NOT NULL"),
+    ),
     sa.Index(None, "item_id"),
     sa.Index(None, "channel", "status", "next_attempt_at"),
     sa.Index(None, "tenant_id", "group_key", "created_at"),
@@ -468,4 +501,19 @@ topic_sends = sa.Table(
     sa.Column("failed_at", UtcDateTime),
     sa.UniqueConstraint("notification_id", "channel", "topic"),
     sa.Index(None, "channel", "status", "next_attempt_at"),
+)
+
+rules = sa.Table(
+    "rules",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("key", Key, nullable=False),
+    # The rule as `domain.rules.Rule.to_json` writes it; re-validated when read.
+    sa.Column("definition", Json, nullable=False),
+    # `Rule.order`, copied out so that rules list in the order routing tries them.
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "key"),
 )

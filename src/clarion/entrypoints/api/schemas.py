@@ -94,6 +94,11 @@ class NotificationOut(BaseModel):
     data: dict[str, Any]
     category: str | None
     group: str | None
+    rule: str | None = None
+    """The key of the tenant's routing rule that decided it; null when none matched."""
+    priority: str | None = None
+    ttl: int | None = None
+    template: str | None = None
 
 
 class TopicSendOut(BaseModel):
@@ -116,8 +121,12 @@ class EventOut(BaseModel):
     id: str
     type: str
     state: str
+    """``accepted`` (waiting to be routed, e.g. until `send_at`), ``routed`` or ``cancelled``."""
     created_at: datetime
     routed_at: datetime | None
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+    cancelled_at: datetime | None = None
     recipients_named: dict[str, list[str]]
     notification: NotificationOut | None
     recipients: CountsOut

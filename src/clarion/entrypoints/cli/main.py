@@ -15,7 +15,7 @@ from rich.table import Table
 
 from clarion import bootstrap
 from clarion.domain import errors
-from clarion.entrypoints.cli import dlq, emulate, logs
+from clarion.entrypoints.cli import dlq, emulate, logs, rules
 from clarion.settings import Settings
 
 T = TypeVar("T")
@@ -29,6 +29,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(config_app, name="config")
 app.add_typer(emulate.app, name="emulate")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(rules.app, name="rules")
 
 out = Console()
 err = Console(stderr=True)

@@ -103,12 +103,20 @@ async def get_event(event_id: str, app: App, tenant: Tenant) -> schemas.EventOut
             category=spec.category,
             group=spec.group,
         )
+        if report.rule is not None:
+            notification.rule = report.rule.rule_key
+            notification.priority = report.rule.priority
+            notification.ttl = report.rule.ttl_seconds
+            notification.template = report.rule.template_key
     return schemas.EventOut(
         id=report.event.id,
         type=spec.type,
         state=report.event.state,
         created_at=report.event.created_at,
         routed_at=report.event.routed_at,
+        send_at=report.event.send_at,
+        expires_at=report.event.expires_at,
+        cancelled_at=report.event.cancelled_at,
         recipients_named={
             "users": list(spec.recipients.users),
             "groups": list(spec.recipients.groups),
@@ -132,6 +140,22 @@ async def get_event(event_id: str, app: App, tenant: Tenant) -> schemas.EventOut
             for t in report.topics
         ],
     )
+
+
+@router.delete(
+    "/{event_id}",
+    status_code=204,
+    responses={
+        404: {"model": schemas.ErrorOut, "description": "No such event"},
+        409: {"model": schemas.ErrorOut, "description": "Routed already (`already_sent`)"},
+    },
+)
+async def cancel_event(event_id: str, app: App, tenant: Tenant) -> Response:
+    """Cancel an event that has not been routed yet (typically one scheduled with `send_at`):
+    it is never routed, and its state reads `cancelled`. Cancelling it again answers 204 too;
+    an event routed already answers 409 `already_sent`."""
+    await app.accepting.cancel(tenant, event_id)
+    return Response(status_code=204)
 
 
 @router.get("/{event_id}/recipients/{user}", response_model=schemas.RecipientOut)

@@ -22,6 +22,9 @@ UNROUTED = sa.text("state = 'accepted'")
 def upgrade() -> None:
     with op.batch_alter_table("events") as batch_op:
         batch_op.add_column(sa.Column("redelivered_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("redeliveries", sa.Integer(), server_default="0", nullable=False)
+        )
     op.create_index(
         "ix_events_unrouted",
         "events",
@@ -145,6 +148,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_events_unrouted", table_name="events")
     with op.batch_alter_table("events") as batch_op:
+        batch_op.drop_column("redeliveries")
         batch_op.drop_column("redelivered_at")
     with op.batch_alter_table("tenants") as batch_op:
         batch_op.drop_column("default_locale")
