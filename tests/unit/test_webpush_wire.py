@@ -471,6 +471,9 @@ def _pem(key: Any, private_format: serialization.PrivateFormat) -> bytes:
         _pem(VAPID_KEY, serialization.PrivateFormat.TraditionalOpenSSL).decode(),
         webpush.b64url_encode(VAPID_KEY.private_numbers().private_value.to_bytes(32, "big")),
     ],
+    # The key is made afresh at each collection: ids that name it would differ between the
+    # processes of a parallel run.
+    ids=["pkcs8-pem", "traditional-pem", "raw-scalar"],
 )
 def test_a_vapid_key_loads_from_pem_or_from_the_raw_base64url_scalar(source: str | bytes) -> None:
     loaded = webpush.load_vapid_key(source)
