@@ -447,7 +447,18 @@ async def verify(clarion: bootstrap.Clarion, n: int) -> dict[str, Any]:
             )
         ).one()
     if row[0] != n or row[1] != n:
-        raise SystemExit(f"{row[0]} email deliveries sent with {row[1]} references, wanted {n}")
+        async with clarion.store.engine.connect() as conn:
+            others = (
+                await conn.execute(
+                    sa.select(deliveries.c.status, deliveries.c.attempts, deliveries.c.error)
+                    .where(deliveries.c.channel == "email", deliveries.c.status != str(Status.SENT))
+                    .limit(5)
+                )
+            ).all()
+        raise SystemExit(
+            f"{row[0]} email deliveries sent with {row[1]} references, wanted {n};"
+            f" not sent (first 5): {[tuple(o) for o in others]}"
+        )
     return {"sent": row[0]}
 
 

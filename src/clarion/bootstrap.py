@@ -31,7 +31,7 @@ from clarion.adapters.storage.topics import SqlTopicSends
 from clarion.adapters.storage.webhooks import SqlWebhooks
 from clarion.adapters.vault import Vault
 from clarion.adapters.webhooks_http import HttpWebhookSender
-from clarion.domain.channels import REALTIME, Channel
+from clarion.domain.channels import PUSH, REALTIME, Channel
 from clarion.services.accepting import Accepting, Backlog
 from clarion.services.acknowledging import Acknowledging
 from clarion.services.broadcasting import Broadcasting
@@ -42,11 +42,13 @@ from clarion.services.deadletters import DeadLetters
 from clarion.services.delivering import Delivering
 from clarion.services.devices import Devices
 from clarion.services.directory import Directory
+from clarion.services.escalating import Escalating
 from clarion.services.expiring import Expiring
 from clarion.services.inboxes import Inboxes
 from clarion.services.mailing import EmailTransport, Mailing
 from clarion.services.pausing import PausingTransport
 from clarion.services.ports import Bus, Clock, Mailer, Transport
+from clarion.services.pushing import PushingTransport
 from clarion.services.realtime import Realtime
 from clarion.services.relaying import Relay
 from clarion.services.reporting import Reporting
@@ -100,6 +102,8 @@ class Clarion:
     broadcasting: Broadcasting | None = None
     # Moves undelivered work of expired notifications to `expired` (always built by `build`).
     expiring: Expiring | None = None
+    # Fires rules' resends and email follow-ups when they come due (always built by `build`).
+    escalating: Escalating | None = None
 
     async def close(self) -> None:
         """Close provider connections, then release the database pool."""
@@ -211,7 +215,16 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
             store,
             clock,
             # A credential a provider refuses is paused, whichever provider refused it.
-            {channel: PausingTransport(t, credentials) for channel, t in transports.items()},
+            # Push content (templates, badge, sound, ...) is rendered before the provider.
+            {
+                channel: PausingTransport(
+                    PushingTransport(t, store=store, templates=template_store, clock=clock)
+                    if channel in PUSH
+                    else t,
+                    credentials,
+                )
+                for channel, t in transports.items()
+            },
             batch=settings.worker.delivery_batch,
             concurrency=settings.worker.delivery_concurrency,
         ),
@@ -227,6 +240,7 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         closers=closers,
         broadcasting=broadcasting,
         expiring=Expiring(store, clock),
+        escalating=Escalating(store, clock),
     )
 
 

@@ -16,7 +16,12 @@ def _smtp(**changes: Any) -> dict[str, Any]:
 async def test_a_new_tenant_speaks_english_and_sends_no_email(tenant: Tenant) -> None:
     answer = await tenant.http.get("/v1/settings")
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"default_locale": "en", "email": None}
+    assert answer.json() == {
+        "default_locale": "en",
+        "email": None,
+        "quiet_hours": None,
+        "default_timezone": None,
+    }
 
 
 async def test_settings_are_replaced_as_a_whole_and_read_back_normalised(tenant: Tenant) -> None:
@@ -44,11 +49,18 @@ async def test_settings_are_replaced_as_a_whole_and_read_back_normalised(tenant:
             "sender_name": "Bücher News",
             "reply_to": "help@example.com",
         },
+        "quiet_hours": None,
+        "default_timezone": None,
     }
     assert saved.json() == expected
     assert (await tenant.http.get("/v1/settings")).json() == expected
     cleared = await tenant.http.put("/v1/settings", json={"default_locale": "de"})
-    assert cleared.json() == {"default_locale": "de", "email": None}
+    assert cleared.json() == {
+        "default_locale": "de",
+        "email": None,
+        "quiet_hours": None,
+        "default_timezone": None,
+    }
 
 
 async def test_settings_that_cannot_work_are_refused_and_nothing_changes(tenant: Tenant) -> None:

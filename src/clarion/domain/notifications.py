@@ -61,6 +61,10 @@ class EventSpec:
     """What is not delivered by then is dropped as `expired` (aware)."""
     ttl: int | None = None
     """Seconds after it goes out until it expires: `expires_at` given relatively."""
+    priority: str | None = None
+    """``normal`` or ``critical`` (critical goes through quiet hours); None: the rule's."""
+    push: JsonObject = field(default_factory=dict)
+    """Push-only options: ``sound``, ``collapse_id``, ``thread_id``, ``link`` (strings)."""
 
     def to_json(self) -> JsonObject:
         """The event as stored and as replayed to the router. Scheduling fields appear only
@@ -72,6 +76,10 @@ class EventSpec:
             raw["expires_at"] = self.expires_at.isoformat()
         if self.ttl is not None:
             raw["ttl"] = self.ttl
+        if self.priority is not None:
+            raw["priority"] = self.priority
+        if self.push:
+            raw["push"] = self.push
         return raw
 
     def _core_json(self) -> JsonObject:
@@ -111,6 +119,8 @@ class EventSpec:
             send_at=_instant(raw.get("send_at")),
             expires_at=_instant(raw.get("expires_at")),
             ttl=raw.get("ttl"),
+            priority=raw.get("priority"),
+            push=raw.get("push") or {},
         )
 
     def fingerprint(self) -> str:
@@ -207,6 +217,8 @@ class InboxItem:
     created_at: datetime
     expires_at: datetime | None = None
     """When the notification expires, if it does (transports pass it on as the push's TTL)."""
+    push: JsonObject = field(default_factory=dict)
+    """The event's push-only options (``sound``, ``collapse_id``, ``thread_id``, ``link``)."""
 
     @property
     def cursor(self) -> str:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from clarion.domain.notifications import EventSpec, InboxItem, JsonObject, StatusCounts
 from clarion.domain.outcomes import Outcome
+from clarion.domain.quiet_hours import QuietHours
 from clarion.domain.statuses import Status, Transition
 
 
@@ -43,6 +44,7 @@ class UserRecord:
     attributes: JsonObject
     created_at: datetime
     updated_at: datetime
+    quiet_hours: QuietHours | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class UserFields:
     locale: str | None = None
     timezone: str | None = None
     attributes: JsonObject = field(default_factory=dict)
+    quiet_hours: QuietHours | None = None
+    """None: the tenant's default applies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +142,16 @@ class RuleApplied:
         priority: ``normal`` or ``critical``.
         ttl_seconds: how long an undelivered push stays worth delivering; None: the default.
         template_key: the template to render with instead of the event type; None: the type.
+        resend_push_after: seconds after routing to resend a push not yet `received`.
+        email_if_unread_after: seconds after routing to send an email if not yet `read`.
     """
 
     rule_key: str
     priority: str
     ttl_seconds: int | None = None
     template_key: str | None = None
+    resend_push_after: int | None = None
+    email_if_unread_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +239,10 @@ class TenantSettings:
 
     default_locale: str
     email: SenderSettings | None
+    quiet_hours: QuietHours | None = None
+    """For users without their own."""
+    default_timezone: str | None = None
+    """For users without a time zone (None: UTC)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,9 +266,24 @@ class Claimed:
     keys: JsonObject = field(default_factory=dict)
     """For push channels, the device's keys (Web Push: ``p256dh`` and ``auth``)."""
     locale: str | None = None
-    """For email, the user's locale (templates are chosen by it)."""
+    """For email and push, the user's locale (templates are chosen by it)."""
     attributes: JsonObject = field(default_factory=dict)
-    """For email, the user's stored attributes (templates may use them)."""
+    """For email and push, the user's stored attributes (templates may use them)."""
+    push: PushExtras | None = None
+    """For push channels, once rendered (`services.pushing`): badge, sound, collapse id,
+    thread id and deep link for the wire builders; None sends the item as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushExtras:
+    """What a push carries besides its title and body, each None when not given: the badge
+    (the user's unread count), the sound, the collapse id, the thread id and the deep link."""
+
+    badge: int | None = None
+    sound: str | None = None
+    collapse_id: str | None = None
+    thread_id: str | None = None
+    link: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,11 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 }
 """Every allowed move, and nothing else: ``TRANSITIONS[current]`` is where ``current`` may go."""
 
+RESENDS: dict[Status, Status] = {Status.SENT: Status.PENDING}
+"""The one way back, outside the lifecycle: a rule's escalation puts a `sent` push delivery
+that no device reported `received` back to `pending`, so that it goes out once more
+(`domain.escalations`). Nothing else moves backwards."""
+
 UNREAD: frozenset[Status] = frozenset({Status.PENDING, Status.SENT, Status.RECEIVED, Status.FAILED})
 """What an inbox counts as unread: not read yet, and neither withheld nor expired."""
 

@@ -100,6 +100,19 @@ ChannelName = Literal["websocket", "apns", "fcm", "wns", "webpush", "email", "pu
 (one flat list, so that a wrong name is reported at the item, not per union member)."""
 
 
+class PushIn(Input):
+    """Push-only options of an event, passed to every push provider that has them."""
+
+    sound: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    collapse_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    """APNs ``apns-collapse-id`` (64 bytes at most), FCM ``android.notification.tag``."""
+    thread_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    link: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    """The deep link the app opens on a tap."""
+    badge: bool | None = None
+    """True: set the app's badge to the recipient's unread count."""
+
+
 class EventIn(Input):
     """An event from a producer."""
 
@@ -120,6 +133,9 @@ class EventIn(Input):
     """What is not delivered by then is dropped as `expired`."""
     ttl: Annotated[int, Field(gt=0, le=int(MAX_TTL.total_seconds()))] | None = None
     """Seconds from the time it goes out until it expires; instead of `expires_at`."""
+    priority: Literal["normal", "critical"] | None = None
+    """Critical goes through the recipients' quiet hours; None: the matching rule's."""
+    push: PushIn | None = None
 
     @model_validator(mode="after")
     def _one_expiry(self) -> Self:
@@ -165,4 +181,6 @@ def event_spec(body: EventIn, push_channels: Callable[[], tuple[Channel, ...]]) 
         send_at=body.send_at,
         expires_at=body.expires_at,
         ttl=body.ttl,
+        priority=body.priority,
+        push={} if body.push is None else body.push.model_dump(exclude_none=True),
     )

@@ -230,6 +230,8 @@ def _worker_jobs(
         jobs.append(("broadcasting", clarion.broadcasting.run(stop)))
     if clarion.expiring is not None:
         jobs.append(("expiring", clarion.expiring.run(stop)))
+    if clarion.escalating is not None:
+        jobs.append(("escalating", clarion.escalating.run(stop)))
     return jobs
 
 

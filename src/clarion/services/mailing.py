@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from clarion.domain import errors, outcomes
 from clarion.domain.channels import Channel
 from clarion.domain.outcomes import Outcome
+from clarion.domain.quiet_hours import QuietHours
 from clarion.services.ports import (
     Claimed,
     Clock,
@@ -66,6 +67,8 @@ class SettingsStore(Protocol):
         default_locale: str,
         email: SenderSettings | None,
         now: datetime,
+        quiet_hours: QuietHours | None = None,
+        default_timezone: str | None = None,
     ) -> bool: ...
 
 
@@ -113,7 +116,13 @@ class Mailing:
         return found
 
     async def put_settings(
-        self, tenant_id: str, *, default_locale: str, email: SenderSettings | None
+        self,
+        tenant_id: str,
+        *,
+        default_locale: str,
+        email: SenderSettings | None,
+        quiet_hours: QuietHours | None = None,
+        default_timezone: str | None = None,
     ) -> TenantSettings:
         """Replace the tenant's settings.
 
@@ -128,9 +137,19 @@ class Mailing:
         if email is not None:
             email = await self._checked_sender(tenant_id, email)
         await self._store.put_tenant_settings(
-            tenant_id, default_locale=locale, email=email, now=self._clock.now()
+            tenant_id,
+            default_locale=locale,
+            email=email,
+            now=self._clock.now(),
+            quiet_hours=quiet_hours,
+            default_timezone=default_timezone,
         )
-        return TenantSettings(default_locale=locale, email=email)
+        return TenantSettings(
+            default_locale=locale,
+            email=email,
+            quiet_hours=quiet_hours,
+            default_timezone=default_timezone,
+        )
 
     async def _checked_sender(self, tenant_id: str, email: SenderSettings) -> SenderSettings:
         try:

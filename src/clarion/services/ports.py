@@ -15,6 +15,7 @@ from typing import Protocol
 from clarion.domain.channels import Channel
 from clarion.domain.notifications import EventSpec, InboxItem, JsonObject
 from clarion.domain.outcomes import Outcome
+from clarion.domain.quiet_hours import QuietHours
 from clarion.domain.records import (
     Addressed,
     ApiKeyInfo,
@@ -159,6 +160,8 @@ class Store(Protocol):
         default_locale: str,
         email: SenderSettings | None,
         now: datetime,
+        quiet_hours: QuietHours | None = None,
+        default_timezone: str | None = None,
     ) -> bool:
         """Replace the tenant's settings (None: no email sender); False for an unknown
         tenant."""
@@ -338,6 +341,15 @@ class Store(Protocol):
         wait for it. How many moved."""
         ...
 
+    async def escalate_due(self, *, now: datetime, limit: int) -> int:
+        """Fire up to `limit` pending escalations due by `now`, in one transaction: a resend
+        puts the item's `sent` push deliveries back to `pending` (audited
+        ``escalation_resend``), an email follow-up creates an email delivery (audited
+        ``escalation_email``; `suppressed` where email is opted out); those whose item was
+        acknowledged meanwhile are cancelled. Two callers never fire the same row. How many
+        rows were settled."""
+        ...
+
     # realtime
     async def items_for_users(
         self, tenant_id: str, notification_id: str, user_ids: Sequence[int]
@@ -392,6 +404,10 @@ class Store(Protocol):
 
     async def unread_counts(self, tenant_id: str, user_id: int) -> UnreadCounts:
         """Unread items in all, per group and per category."""
+        ...
+
+    async def unread_totals(self, tenant_id: str, external_ids: Sequence[str]) -> dict[str, int]:
+        """Each named user's unread items in all, set-based; users with none are left out."""
         ...
 
     async def read_all(

@@ -116,6 +116,10 @@ def applied(rule: Rule | None) -> RuleApplied | None:
         priority=str(rule.priority),
         ttl_seconds=rule.ttl,
         template_key=rule.template,
+        resend_push_after=None if rule.escalation is None else rule.escalation.resend_push_after,
+        email_if_unread_after=(
+            None if rule.escalation is None else rule.escalation.email_if_unread_after
+        ),
     )
 
 

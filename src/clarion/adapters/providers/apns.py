@@ -33,7 +33,7 @@ from clarion.adapters.providers import http2
 from clarion.domain import errors
 from clarion.domain.channels import Channel
 from clarion.domain.outcomes import AuthFailed, Outcome, Rejected, RetryLater
-from clarion.domain.records import Claimed, Credential, CredentialInfo
+from clarion.domain.records import Claimed, Credential, CredentialInfo, PushExtras
 from clarion.wire import apns
 
 log = logging.getLogger(__name__)
@@ -115,16 +115,24 @@ def apns_id_for(delivery_id: int) -> uuid.UUID:
 
 def notification_for(claimed: Claimed, topic: str) -> apns.Notification:
     """The push for a claimed delivery: the item's title, body, category and group (as the
-    thread id), its data beside ``aps``."""
+    thread id), its data beside ``aps``; with `Claimed.push`, the badge, sound, thread id,
+    ``apns-collapse-id`` and the deep link (``link`` beside ``aps``)."""
     item = claimed.item
+    extras = claimed.push or PushExtras()
+    custom = dict(item.data)
+    if extras.link is not None:
+        custom.setdefault("link", extras.link)
     return apns.Notification(
         device_token=claimed.address or "",
         topic=topic,
         title=item.title,
         body=item.body,
         category=item.category,
-        thread_id=item.group,
-        custom_data=dict(item.data),
+        thread_id=extras.thread_id or item.group,
+        badge=extras.badge,
+        sound=extras.sound,
+        collapse_id=extras.collapse_id,
+        custom_data=custom,
         apns_id=apns_id_for(claimed.id),
         # APNs stops storing it for an offline device when the notification expires.
         expiration=item.expires_at,

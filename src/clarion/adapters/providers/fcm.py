@@ -88,19 +88,48 @@ def message_for(claimed: Claimed, now: datetime | None = None) -> fcm.Message:
     notification = None
     if item.title is not None or item.body is not None:
         notification = fcm.Notification(title=item.title, body=item.body)
-    android = None
+    ttl = None
     if item.expires_at is not None:
         # FCM keeps it for an offline device until the notification expires (capped by FCM).
         left = item.expires_at - (now or _utcnow())
-        android = fcm.AndroidConfig(ttl=min(max(left, timedelta(0)), fcm.MAX_TTL))
+        ttl = min(max(left, timedelta(0)), fcm.MAX_TTL)
+    data = item.data
+    extras = claimed.push
+    android_notification = None
+    apns_config = None
+    if extras is not None:
+        if extras.link is not None and "link" not in data:
+            data = {**data, "link": extras.link}
+        if notification is not None and (extras.sound or extras.collapse_id or extras.badge):
+            android_notification = fcm.AndroidNotification(
+                sound=extras.sound,
+                tag=extras.collapse_id,
+                extra={"notification_count": extras.badge} if extras.badge else {},
+            )
+        aps: dict[str, Any] = {}
+        if extras.badge is not None:
+            aps["badge"] = extras.badge
+        if extras.sound is not None:
+            aps["sound"] = extras.sound
+        if extras.thread_id is not None:
+            aps["thread-id"] = extras.thread_id
+        headers = {"apns-collapse-id": extras.collapse_id} if extras.collapse_id else {}
+        if aps or headers:
+            apns_config = fcm.ApnsConfig(headers=headers, payload={"aps": aps} if aps else {})
+    android = None
+    if ttl is not None or android_notification is not None:
+        android = fcm.AndroidConfig(ttl=ttl, notification=android_notification)
     if address.startswith(TOPIC_PREFIX):
         return fcm.Message(
             topic=address.removeprefix(TOPIC_PREFIX),
             notification=notification,
-            data=item.data,
+            data=data,
             android=android,
+            apns=apns_config,
         )
-    return fcm.Message(token=address, notification=notification, data=item.data, android=android)
+    return fcm.Message(
+        token=address, notification=notification, data=data, android=android, apns=apns_config
+    )
 
 
 def topic_claim(send: ClaimedTopicSend) -> Claimed:

@@ -65,6 +65,17 @@ def payload_for(claimed: Claimed) -> bytes:
             document[name] = value
     if item.data:
         document["data"] = item.data
+    extras = claimed.push
+    if extras is not None:
+        for name, extra in (
+            ("badge", extras.badge),
+            ("sound", extras.sound),
+            ("collapse_id", extras.collapse_id),
+            ("thread_id", extras.thread_id),
+            ("link", extras.link),
+        ):
+            if extra is not None:
+                document[name] = extra
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 

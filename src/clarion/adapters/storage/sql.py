@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.type_api import to_instance
 
 from clarion.adapters.sealing import Sealer
-from clarion.adapters.storage import engines, topics
+from clarion.adapters.storage import engines, escalations, topics
 from clarion.adapters.storage.tables import (
     api_keys,
     categories,
@@ -41,7 +41,7 @@ from clarion.adapters.storage.tables import (
     transitions,
     users,
 )
-from clarion.domain import errors, outcomes, records as ports, routing
+from clarion.domain import errors, outcomes, quiet_hours, records as ports, routing
 from clarion.domain.channels import REALTIME, Channel
 from clarion.domain.notifications import (
     EVENTS_STREAM,
@@ -50,6 +50,7 @@ from clarion.domain.notifications import (
     JsonObject,
     StatusCounts,
 )
+from clarion.domain.quiet_hours import QuietHours
 from clarion.domain.statuses import (
     UNREAD,
     Status,
@@ -63,6 +64,7 @@ T = TypeVar("T")
 
 _CHUNK = 500  # bound parameters per IN list: far below SQLite's 32,766 and asyncpg's 32,767
 _PUSH_PROVIDERS = frozenset({Channel.APNS, Channel.FCM, Channel.WNS, Channel.WEBPUSH})
+_HELD_CHANNELS = (*sorted(_PUSH_PROVIDERS), Channel.EMAIL)  # quiet hours hold these; never in-app
 
 
 class SqlStore:
@@ -145,6 +147,9 @@ class SqlStore:
                 await conn.execute(
                     sa.select(
                         tenants.c.default_locale,
+                        tenants.c.quiet_start,
+                        tenants.c.quiet_end,
+                        tenants.c.default_timezone,
                         email_settings.c.provider,
                         email_settings.c.fallback,
                         email_settings.c.sender,
@@ -167,7 +172,12 @@ class SqlStore:
                 sender_name=row.sender_name,
                 reply_to=row.reply_to,
             )
-        return ports.TenantSettings(default_locale=row.default_locale, email=sender)
+        return ports.TenantSettings(
+            default_locale=row.default_locale,
+            email=sender,
+            quiet_hours=_quiet(row.quiet_start, row.quiet_end),
+            default_timezone=row.default_timezone,
+        )
 
     async def put_tenant_settings(
         self,
@@ -176,12 +186,18 @@ class SqlStore:
         default_locale: str,
         email: ports.SenderSettings | None,
         now: datetime,
+        quiet_hours: QuietHours | None = None,
+        default_timezone: str | None = None,
     ) -> bool:
         async with self._write() as conn:
             found = await conn.execute(
                 tenants.update()
                 .where(tenants.c.id == tenant_id)
-                .values(default_locale=default_locale)
+                .values(
+                    default_locale=default_locale,
+                    default_timezone=default_timezone,
+                    **_quiet_columns(quiet_hours),
+                )
             )
             if not found.rowcount:
                 return False
@@ -274,6 +290,7 @@ class SqlStore:
             "timezone": fields.timezone,
             "attributes": fields.attributes,
             "updated_at": now,
+            **_quiet_columns(fields.quiet_hours),
         }
         async with self._write() as conn:
             existing = await conn.scalar(
@@ -315,6 +332,7 @@ class SqlStore:
             attributes=row.attributes,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            quiet_hours=_quiet(row.quiet_start, row.quiet_end),
         )
 
     async def ensure_user(self, tenant_id: str, external_id: str, now: datetime) -> int:
@@ -752,7 +770,8 @@ class SqlStore:
                     created_at=now,
                     expires_at=event.expires_at,
                     rule_key=None if rule is None else rule.rule_key,
-                    priority=None if rule is None else rule.priority,
+                    priority=spec.priority or (None if rule is None else rule.priority),
+                    push=spec.push or None,
                     ttl_seconds=None if rule is None else rule.ttl_seconds,
                     template_key=None if rule is None else rule.template_key,
                 )
@@ -841,6 +860,8 @@ class SqlStore:
                 )
                 .values(status=str(Status.SUPPRESSED))
             )
+            if (spec.priority or (None if rule is None else rule.priority)) != "critical":
+                await self._hold_for_quiet_hours(conn, tenant_id, notification_id, now)
             if event.expires_at is not None:
                 for table in (inbox_items, deliveries):
                     await conn.execute(
@@ -849,6 +870,15 @@ class SqlStore:
                         .values(expires_at=event.expires_at)
                     )
             await self._audit_creation(conn, tenant_id, notification_id, now)
+            if rule is not None and (rule.resend_push_after or rule.email_if_unread_after):
+                await escalations.write(
+                    conn,
+                    tenant_id,
+                    notification_id,
+                    now,
+                    resend_push_after=rule.resend_push_after,
+                    email_if_unread_after=rule.email_if_unread_after,
+                )
             await conn.execute(
                 events.update().where(events.c.id == event_id).values(state="routed", routed_at=now)
             )
@@ -865,6 +895,61 @@ class SqlStore:
             deliveries=sent_on or 0,
             topic_sends=to_topics,
         )
+
+    async def _hold_for_quiet_hours(
+        self, conn: AsyncConnection, tenant_id: str, notification_id: str, now: datetime
+    ) -> None:
+        """Hold the notification's pending push and email deliveries of recipients inside
+        their quiet hours until the window ends: one read of the distinct (time zone, window)
+        pairs among them, then one UPDATE per pair that is quiet now."""
+        tenant = (
+            await conn.execute(
+                sa.select(
+                    tenants.c.quiet_start, tenants.c.quiet_end, tenants.c.default_timezone
+                ).where(tenants.c.id == tenant_id)
+            )
+        ).one()
+        held = [str(c) for c in _HELD_CHANNELS]
+        pending = sa.and_(
+            deliveries.c.notification_id == notification_id,
+            deliveries.c.channel.in_(held),
+            deliveries.c.status == str(Status.PENDING),
+        )
+        if tenant.quiet_start is None:
+            # No tenant default: only users with a window of their own can be quiet.
+            pending = sa.and_(pending, users.c.quiet_start.is_not(None))
+        pairs = (
+            await conn.execute(
+                sa.select(users.c.timezone, users.c.quiet_start, users.c.quiet_end)
+                .distinct()
+                .select_from(deliveries.join(users, users.c.id == deliveries.c.user_id))
+                .where(pending)
+            )
+        ).all()
+        tenant_window = _quiet(tenant.quiet_start, tenant.quiet_end)
+        for timezone, start, end in pairs:
+            window = _quiet(start, end) if start is not None else tenant_window
+            zone = quiet_hours.zone_of(timezone, tenant.default_timezone)
+            until = quiet_hours.held_until(now, window, zone)
+            if until is None:
+                continue
+            await conn.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.notification_id == notification_id,
+                    deliveries.c.channel.in_(held),
+                    deliveries.c.status == str(Status.PENDING),
+                    deliveries.c.user_id.in_(
+                        sa.select(users.c.id).where(
+                            users.c.tenant_id == tenant_id,
+                            users.c.timezone.is_not_distinct_from(timezone),
+                            users.c.quiet_start.is_not_distinct_from(start),
+                            users.c.quiet_end.is_not_distinct_from(end),
+                        )
+                    ),
+                )
+                .values(next_attempt_at=until)
+            )
 
     async def _audit_creation(
         self, conn: AsyncConnection, tenant_id: str, notification_id: str, now: datetime
@@ -1109,6 +1194,9 @@ class SqlStore:
                 for i, s in movable
             ],
         )
+        if table is inbox_items:
+            # Received or read: the rule's follow-ups for the item are pointless now.
+            await escalations.cancel(conn, ids, target, now)
         return ids
 
     async def apply_receipt(
@@ -1247,6 +1335,25 @@ class SqlStore:
             total=sum(r.n for r in rows), groups=groups, categories=categories
         )
 
+    async def unread_totals(self, tenant_id: str, external_ids: Sequence[str]) -> dict[str, int]:
+        """Each named user's unread items in all (users with none are left out), in one
+        aggregate per 500 users."""
+        found: dict[str, int] = {}
+        async with self._read() as conn:
+            for chunk in _chunks(sorted(set(external_ids)), _CHUNK):
+                rows = await conn.execute(
+                    sa.select(users.c.external_id, sa.func.count())
+                    .select_from(inbox_items.join(users, users.c.id == inbox_items.c.user_id))
+                    .where(
+                        users.c.tenant_id == tenant_id,
+                        users.c.external_id.in_(chunk),
+                        inbox_items.c.status.in_([str(s) for s in UNREAD]),
+                    )
+                    .group_by(users.c.external_id)
+                )
+                found.update((r[0], r[1]) for r in rows)
+        return found
+
     async def read_all(
         self,
         tenant_id: str,
@@ -1303,6 +1410,7 @@ class SqlStore:
             await conn.execute(
                 inbox_items.update().where(*conditions).values(status=str(Status.READ), read_at=now)
             )
+            await escalations.cancel(conn, moving, Status.READ, now)
         return list(moving)
 
     async def put_preferences(
@@ -1776,7 +1884,7 @@ class SqlStore:
                 found = await self._devices_by_id(conn, leased) if push else {}
                 profiles = (
                     await self._profiles(conn, [r[3] for r in leased])
-                    if channel == Channel.EMAIL
+                    if channel == Channel.EMAIL or push
                     else {}
                 )
                 dead: list[_Failing] = []
@@ -1855,6 +1963,7 @@ class SqlStore:
                 group=note.group_key,
                 created_at=note.created_at,
                 expires_at=note.expires_at,
+                push=dict(note.push or {}),
             )
         return found
 
@@ -2128,6 +2237,18 @@ class SqlStore:
             items = {r.id: (r.tenant_id, EXPIRY_CAUSE) for r in rows}
             await self._move_items(conn, items, Status.EXPIRED, now)
         return moved + len(items)
+
+    async def escalate_due(self, *, now: datetime, limit: int) -> int:
+        """Fire up to `limit` escalations due by `now` (`adapters.storage.escalations`)."""
+        async with self._write() as conn:
+            return await escalations.fire_due(
+                conn,
+                now,
+                limit,
+                postgresql=self._dialect == "postgresql",
+                email_rows=_delivery_rows,
+                insert=self._insert,
+            )
 
     async def cancel_event(self, tenant_id: str, event_id: str, now: datetime) -> str | None:
         """Cancel an event not routed yet: its state becomes ``cancelled`` and its unpublished
@@ -2577,6 +2698,23 @@ def _addressed(row: Any) -> ports.Addressed:
             created_at=row.created_at,
         ),
     )
+
+
+def _quiet(start: str | None, end: str | None) -> QuietHours | None:
+    """The window stored as two ``HH:MM`` columns; None when unset (or unreadable)."""
+    if start is None or end is None:
+        return None
+    try:
+        return QuietHours.parse(start, end)
+    except ValueError:
+        return None
+
+
+def _quiet_columns(window: QuietHours | None) -> dict[str, str | None]:
+    if window is None:
+        return {"quiet_start": None, "quiet_end": None}
+    shown = window.to_json()
+    return {"quiet_start": shown["start"], "quiet_end": shown["end"]}
 
 
 def _stored_event(row: Any) -> ports.StoredEvent:

@@ -73,6 +73,11 @@ tenants = sa.Table(
     # The locale templates fall back to when a user has none, or none the tenant wrote for.
     sa.Column("default_locale", sa.String(35), nullable=False, server_default="en"),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # Revision 0009: the quiet hours of users without their own ("HH:MM", both or neither),
+    # and the time zone of users without one (null: UTC).
+    sa.Column("quiet_start", sa.String(5)),
+    sa.Column("quiet_end", sa.String(5)),
+    sa.Column("default_timezone", sa.String(64)),
 )
 
 api_keys = sa.Table(
@@ -101,6 +106,10 @@ users = sa.Table(
     sa.Column("attributes", Json, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # Revision 0009: the user's quiet hours ("HH:MM", both or neither; null: the tenant's).
+    # Plain columns, so routing groups recipients by (timezone, start, end) in SQL.
+    sa.Column("quiet_start", sa.String(5)),
+    sa.Column("quiet_end", sa.String(5)),
     sa.UniqueConstraint("tenant_id", "external_id"),
 )
 
@@ -233,6 +242,8 @@ notifications = sa.Table(
     sa.Column("template_key", Key),
     # When what is undelivered of it expires (revision 0007), from the event.
     sa.Column("expires_at", UtcDateTime),
+    # The event's push-only options (revision 0009): sound, collapse_id, thread_id, link.
+    sa.Column("push", Json),
     sa.UniqueConstraint("event_id"),
 )
 
@@ -516,4 +527,31 @@ rules = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("tenant_id", "key"),
+)
+
+escalations = sa.Table(
+    "escalations",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column(
+        "notification_id",
+        sa.String(36),
+        sa.ForeignKey("notifications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column(
+        "item_id", BigId, sa.ForeignKey("inbox_items.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # `resend_push` or `email_if_unread` (revision 0008): a rule's follow-up of one item, due
+    # at `due_at`. Rows, not timers in memory, so that they outlive a restart.
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("due_at", UtcDateTime, nullable=False),
+    # `pending`, then `done` (fired) or `cancelled` (the item was received or read first).
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("item_id", "kind"),
+    sa.Index(None, "status", "due_at"),
 )

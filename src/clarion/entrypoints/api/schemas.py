@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from clarion.domain.notifications import InboxItem, StatusCounts
+from clarion.domain.quiet_hours import QuietHours
 from clarion.domain.statuses import Status, Transition
 
 # The inputs producers send are shared with the bus's ingest consumer (entrypoints/inputs.py).
@@ -25,6 +26,11 @@ from clarion.entrypoints.inputs import (
     RecipientsIn as RecipientsIn,
     Text as Text,
 )
+
+
+def timezone_name(value: str) -> str:
+    """An IANA time zone name, checked (a pydantic validator)."""
+    return _timezone(value)
 
 
 def _timezone(value: str) -> str:
@@ -169,6 +175,34 @@ class RecipientOut(BaseModel):
     deliveries: list[DeliveryOut]
 
 
+HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class QuietHoursIn(Input):
+    """A daily window of local time (24-hour ``HH:MM``, start inclusive, end exclusive) in
+    which non-critical push and email wait; an end before the start crosses midnight, and an
+    end equal to the start is no window."""
+
+    start: HHMM
+    end: HHMM
+
+    def window(self) -> QuietHours:
+        """As the domain knows it."""
+        return QuietHours.parse(self.start, self.end)
+
+
+class QuietHoursOut(BaseModel):
+    """A daily quiet window."""
+
+    start: str
+    end: str
+
+    @classmethod
+    def of(cls, window: QuietHours | None) -> QuietHoursOut | None:
+        """From the domain's window."""
+        return None if window is None else cls(**window.to_json())
+
+
 class UserIn(Input):
     """What a producer says about a user; a PUT replaces all of it."""
 
@@ -178,6 +212,8 @@ class UserIn(Input):
     ) = None
     timezone: Annotated[str, AfterValidator(_timezone)] | None = None
     attributes: JsonData = {}
+    quiet_hours: QuietHoursIn | None = None
+    """None: the tenant's default quiet hours apply."""
 
 
 class UserOut(BaseModel):
@@ -191,6 +227,7 @@ class UserOut(BaseModel):
     attributes: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    quiet_hours: QuietHoursOut | None = None
 
 
 # FCM's rule for topic names (HTTP v1 `message.topic`, protocols.md §2).

@@ -21,6 +21,7 @@ def _user(record: UserRecord) -> schemas.UserOut:
         attributes=record.attributes,
         created_at=record.created_at,
         updated_at=record.updated_at,
+        quiet_hours=schemas.QuietHoursOut.of(record.quiet_hours),
     )
 
 
@@ -53,6 +54,7 @@ async def put_user(
             locale=body.locale,
             timezone=body.timezone,
             attributes=body.attributes,
+            quiet_hours=None if body.quiet_hours is None else body.quiet_hours.window(),
         ),
     )
     response.status_code = 201 if created else 200

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from clarion.entrypoints.api import schemas
 from clarion.entrypoints.api.dependencies import App, Tenant
+from clarion.entrypoints.api.schemas import QuietHoursIn, QuietHoursOut, timezone_name
 from clarion.services.credentials import NAME_PATTERN
 from clarion.services.ports import SenderSettings, TenantSettings
 
@@ -36,6 +37,10 @@ class SettingsIn(schemas.Input):
     default_locale: Annotated[str, Field(min_length=2, max_length=35)] = "en"
     # Null: no email sender, so no email goes out.
     email: SenderIn | None = None
+    # For users without quiet hours of their own; null: none.
+    quiet_hours: QuietHoursIn | None = None
+    # For users without a time zone; null: UTC.
+    default_timezone: Annotated[str, AfterValidator(timezone_name)] | None = None
 
 
 class SenderOut(BaseModel):
@@ -53,6 +58,8 @@ class SettingsOut(BaseModel):
 
     default_locale: str
     email: SenderOut | None
+    quiet_hours: QuietHoursOut | None = None
+    default_timezone: str | None = None
 
     @classmethod
     def of(cls, found: TenantSettings) -> SettingsOut:
@@ -69,6 +76,8 @@ class SettingsOut(BaseModel):
                 sender_name=email.sender_name,
                 reply_to=email.reply_to,
             ),
+            quiet_hours=QuietHoursOut.of(found.quiet_hours),
+            default_timezone=found.default_timezone,
         )
 
 
@@ -91,5 +100,11 @@ async def put_settings(body: SettingsIn, app: App, tenant: Tenant) -> SettingsOu
             sender_name=body.email.sender_name,
             reply_to=body.email.reply_to,
         )
-    saved = await app.mailing.put_settings(tenant, default_locale=body.default_locale, email=email)
+    saved = await app.mailing.put_settings(
+        tenant,
+        default_locale=body.default_locale,
+        email=email,
+        quiet_hours=None if body.quiet_hours is None else body.quiet_hours.window(),
+        default_timezone=body.default_timezone,
+    )
     return SettingsOut.of(saved)
