@@ -41,7 +41,9 @@ from clarion.services.credentials import Credentials
 from clarion.services.deadletters import DeadLetters
 from clarion.services.delivering import Delivering
 from clarion.services.devices import Devices
+from clarion.services.digesting import Digesting
 from clarion.services.directory import Directory
+from clarion.services.enriching import TIMEOUT_SECONDS as ENRICHMENT_TIMEOUT, Enriching
 from clarion.services.escalating import Escalating
 from clarion.services.expiring import Expiring
 from clarion.services.inboxes import Inboxes
@@ -104,6 +106,9 @@ class Clarion:
     expiring: Expiring | None = None
     # Fires rules' resends and email follow-ups when they come due (always built by `build`).
     escalating: Escalating | None = None
+    digesting: Digesting | None = None
+    # Enrichment webhooks and context before rendering (always built by `build`).
+    enriching: Enriching | None = None
 
     async def close(self) -> None:
         """Close provider connections, then release the database pool."""
@@ -157,8 +162,11 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         closers.append(wns.close)
     template_store = SqlTemplates(store.engine)
     unsubscribing = _unsubscribing(settings, store, clock)
+    enriching = _enriching(settings, store, clock, closers)
     if settings.email.enabled:
-        email = _email(settings, store, template_store, credentials, unsubscribing, clock)
+        email = _email(
+            settings, store, template_store, credentials, unsubscribing, clock, enriching
+        )
         transports[Channel.EMAIL] = email
         closers.append(email.close)
     if bus is None:
@@ -218,7 +226,9 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
             # Push content (templates, badge, sound, ...) is rendered before the provider.
             {
                 channel: PausingTransport(
-                    PushingTransport(t, store=store, templates=template_store, clock=clock)
+                    PushingTransport(
+                        t, store=store, templates=template_store, clock=clock, enricher=enriching
+                    )
                     if channel in PUSH
                     else t,
                     credentials,
@@ -227,6 +237,7 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
             },
             batch=settings.worker.delivery_batch,
             concurrency=settings.worker.delivery_concurrency,
+            lease_seconds=settings.worker.delivery_lease_seconds,
         ),
         callbacks=_callbacks(settings, store, clock),
         credentials=credentials,
@@ -241,6 +252,8 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
         broadcasting=broadcasting,
         expiring=Expiring(store, clock),
         escalating=Escalating(store, clock),
+        digesting=Digesting(store, clock),
+        enriching=enriching,
     )
 
 
@@ -251,6 +264,7 @@ def _email(
     credentials: Credentials,
     links: Unsubscribing,
     clock: Clock,
+    enriching: Enriching,
 ) -> EmailTransport:
     conf = settings.email
     if not conf.public_url:
@@ -278,6 +292,8 @@ def _email(
     ]
     return EmailTransport(
         store=store,
+        digests=store,
+        enricher=enriching,
         templates=templates,
         credentials=credentials,
         mailers={m.kind: m for m in mailers},
@@ -416,6 +432,38 @@ def _wns(settings: Settings, credentials: Credentials, clock: Clock) -> WnsTrans
         connections_per_origin=conf.connections_per_origin,
         max_connections=conf.max_connections,
         now=clock.now,
+    )
+
+
+MAX_ENRICHMENT_BYTES = 1_048_576
+"""An enrichment answer's cap: a batch of 500 users at 2 KiB each."""
+
+
+def _enriching(
+    settings: Settings,
+    store: SqlStore,
+    clock: Clock,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> Enriching:
+    hooks = settings.webhooks
+    allowed = parse_networks(hooks.allowed_networks)
+    fetcher = HttpWebhookSender(
+        now=clock.now,
+        allowed_networks=allowed,
+        allow_http=hooks.allow_http,
+        connect_timeout=min(hooks.connect_timeout_seconds, ENRICHMENT_TIMEOUT),
+        # Enriching's own 2 s budget ends the exchange first; this is the backstop.
+        timeout=ENRICHMENT_TIMEOUT + 1.0,
+        max_response_bytes=MAX_ENRICHMENT_BYTES,
+    )
+    closers.append(fetcher.close)
+    return Enriching(
+        store,
+        SqlRules(store.engine),
+        fetcher,
+        clock,
+        allowed_networks=allowed,
+        allow_http=hooks.allow_http,
     )
 
 

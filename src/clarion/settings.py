@@ -79,6 +79,10 @@ class WorkerSettings(BaseModel):
     # Batches of one channel in flight at once: the next is claimed and sent while earlier
     # ones wait for the provider's answers or are being recorded.
     delivery_concurrency: int = Field(4, ge=1, le=64)
+    # How long a worker owns the deliveries it claimed. Longer than any provider call's timeout
+    # (30 s), so a live sender keeps its lease; a crashed worker's deliveries go out again
+    # after this long, so it is also how long a crash delays them.
+    delivery_lease_seconds: float = Field(60.0, ge=35.0, le=3600.0)
 
 
 class LimitsSettings(BaseModel):

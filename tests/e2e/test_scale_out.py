@@ -91,11 +91,13 @@ KILL_EVERY = 4.0  # seconds between kills, once the first pushes have arrived
 # The fan-out is slowed to last well past the five kills, however fast the machine: each worker
 # has 2 batches of 50 in flight, and the emulator answers each push after 500 ms, so 3 workers
 # send at most 600 pushes/s and 20,000 take at least 33 s (the kills are over within about
-# 20 s). Leases run out 60 s after a claim (`LEASE_SECONDS`), so the deliveries a killed worker
-# held go out again after that: the last kill comes long before the first lease of a killed
-# worker runs out, which is why no push can be cut short twice.
+# 20 s on a quiet machine). Leases run out `LEASE_SECONDS` after a claim, so the deliveries a
+# killed worker held go out again after that: the last kill must come before the first lease
+# of a killed worker runs out, which is why no push can be cut short twice. The lease is set
+# long so that this holds on a loaded machine too, where a restart takes seconds.
 DELIVERY_BATCH = 50
 DELIVERY_CONCURRENCY = 2
+LEASE_SECONDS = 90.0
 LATENCY_MS = 500
 SETTLE_SECONDS = 240.0  # from the last kill until no delivery is pending
 
@@ -131,6 +133,7 @@ async def test_killing_workers_during_a_fan_out_loses_no_push_and_sends_none_thr
             APNS__CA_FILE=str(ca),
             WORKER__DELIVERY_BATCH=str(DELIVERY_BATCH),
             WORKER__DELIVERY_CONCURRENCY=str(DELIVERY_CONCURRENCY),
+            WORKER__DELIVERY_LEASE_SECONDS=str(LEASE_SECONDS),
         )
         async with deployed(tmp_path / "deployment", env) as deployment:
             for n in (1, 2):
@@ -168,7 +171,7 @@ async def test_killing_workers_during_a_fan_out_loses_no_push_and_sends_none_thr
                 await victim.start()
                 await asyncio.sleep(max(0.0, KILL_EVERY - (time.monotonic() - fan_out - at)))
             # Else a push resent after a lease ran out could be cut short again.
-            assert kills[-1][1] < 50, ("the kills took too long", kills)
+            assert kills[-1][1] < LEASE_SECONDS - 10, ("the kills took too long", kills)
 
             pending_sql = (
                 "SELECT count(*) FROM deliveries d JOIN notifications n"
@@ -287,11 +290,11 @@ STREAM_SECONDS = 30.0
 RESTART_AT = 12.0  # seconds into the stream
 DOWN_FOR = 2.0
 REDELIVER_AFTER = "10"  # the relay's sweep: events unrouted this long are published again
-ROUTED_WITHIN = 240.0  # after the stream ends
+ROUTED_WITHIN = 420.0  # after the stream ends
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("bus", BUSES)
 async def test_a_broker_restart_under_load_loses_no_accepted_event(
     bus: str, postgres_url: str, tmp_path: Path

@@ -21,6 +21,7 @@ async def test_a_new_tenant_speaks_english_and_sends_no_email(tenant: Tenant) ->
         "email": None,
         "quiet_hours": None,
         "default_timezone": None,
+        "enrichment": None,
     }
 
 
@@ -51,6 +52,7 @@ async def test_settings_are_replaced_as_a_whole_and_read_back_normalised(tenant:
         },
         "quiet_hours": None,
         "default_timezone": None,
+        "enrichment": None,
     }
     assert saved.json() == expected
     assert (await tenant.http.get("/v1/settings")).json() == expected
@@ -60,6 +62,7 @@ async def test_settings_are_replaced_as_a_whole_and_read_back_normalised(tenant:
         "email": None,
         "quiet_hours": None,
         "default_timezone": None,
+        "enrichment": None,
     }
 
 

@@ -73,19 +73,40 @@ class HttpWebhookSender:
             await http.aclose()
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> outcomes.Outcome:
+        found = await self._exchange(url, body, headers, read=False)
+        if isinstance(found, webhooks.Answer):
+            retry_after = webhooks.parse_retry_after(found.retry_after, now=self._now())
+            return webhooks.classify(found.status, retry_after=retry_after)
+        return found
+
+    async def fetch(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> webhooks.Answer | outcomes.RetryLater:
+        """POST like `post`, and return the answer with its body (up to the byte cap)."""
+        return await self._exchange(url, body, headers, read=True)
+
+    async def _exchange(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, read: bool
+    ) -> webhooks.Answer | outcomes.RetryLater:
         try:
             target = webhooks.parse_url(url, allow_http=self._allow_http, allowed=self._allowed)
         except webhooks.UnsafeUrl as exc:
             return outcomes.RetryLater(f"refused: {exc}")
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._post(target, url, body, headers)
+                return await self._post(target, url, body, headers, read=read)
         except TimeoutError:
             return outcomes.RetryLater(f"no answer within {self._timeout:g} s")
 
     async def _post(
-        self, target: webhooks.Target, url: str, body: bytes, headers: Mapping[str, str]
-    ) -> outcomes.Outcome:
+        self,
+        target: webhooks.Target,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        read: bool,
+    ) -> webhooks.Answer | outcomes.RetryLater:
         if target.literal is not None:
             addresses: list[webhooks.IPAddress] = [target.literal]
         else:
@@ -109,11 +130,13 @@ class HttpWebhookSender:
                 async with self._client().stream(
                     "POST", pinned, content=body, headers=request_headers, extensions=extensions
                 ) as response:
-                    await self._drain(response)
-                    retry_after = webhooks.parse_retry_after(
-                        response.headers.get("retry-after"), now=self._now()
+                    content, truncated = await self._drain(response, keep=read)
+                    return webhooks.Answer(
+                        response.status_code,
+                        content,
+                        truncated=truncated,
+                        retry_after=response.headers.get("retry-after"),
                     )
-                    return webhooks.classify(response.status_code, retry_after=retry_after)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing was sent: the next checked address may answer.
                 failure = f"could not connect to {address}: {exc or type(exc).__name__}"
@@ -133,10 +156,14 @@ class HttpWebhookSender:
             found[ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])] = None
         return list(found)
 
-    async def _drain(self, response: httpx.Response) -> None:
-        # The body is ignored; reading a little lets a receiver finish writing, no more.
+    async def _drain(self, response: httpx.Response, *, keep: bool) -> tuple[bytes, bool]:
+        # A status webhook's body is ignored: reading a little lets a receiver finish writing.
         seen = 0
-        async for chunk in response.aiter_raw():
+        kept: list[bytes] = []
+        async for chunk in response.aiter_bytes():
             seen += len(chunk)
-            if seen >= self._max_response_bytes:
-                break
+            if keep:
+                kept.append(chunk)
+            if seen > self._max_response_bytes:
+                return b"".join(kept)[: self._max_response_bytes], True
+        return b"".join(kept), False

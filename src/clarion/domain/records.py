@@ -144,6 +144,10 @@ class RuleApplied:
         template_key: the template to render with instead of the event type; None: the type.
         resend_push_after: seconds after routing to resend a push not yet `received`.
         email_if_unread_after: seconds after routing to send an email if not yet `read`.
+        digest_window: seconds a digest collects before it goes out; None: no digest.
+        digest_key: the event's value at the digest's key ('' without a key): one open
+            digest per recipient and value.
+        digest_channels: the channels the digest goes out on (email only, for now).
     """
 
     rule_key: str
@@ -152,6 +156,9 @@ class RuleApplied:
     template_key: str | None = None
     resend_push_after: int | None = None
     email_if_unread_after: int | None = None
+    digest_window: int | None = None
+    digest_key: str = ""
+    digest_channels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +250,25 @@ class TenantSettings:
     """For users without their own."""
     default_timezone: str | None = None
     """For users without a time zone (None: UTC)."""
+    enrichment_url: str | None = None
+    """The tenant's enrichment webhook, if it set one (its secret is never read back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentWebhook:
+    """Where a tenant's enrichment webhook is and the secret its requests are signed with."""
+
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentSource:
+    """What enriching needs of one notification: the rule that decided it and the attributes
+    of its group (empty without one)."""
+
+    rule_key: str | None
+    group_attributes: JsonObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +295,9 @@ class Claimed:
     """For email and push, the user's locale (templates are chosen by it)."""
     attributes: JsonObject = field(default_factory=dict)
     """For email and push, the user's stored attributes (templates may use them)."""
+    context: JsonObject = field(default_factory=dict)
+    """For email and push, once enriched (`services.enriching`): the template variables its
+    rule's enrichment added (``group``, ``attributes``, ``enrichment``)."""
     push: PushExtras | None = None
     """For push channels, once rendered (`services.pushing`): badge, sound, collapse id,
     thread id and deep link for the wire builders; None sends the item as it is."""

@@ -222,6 +222,44 @@ class Rule:
         }
 
 
+DIGEST_CHANNELS: Final = frozenset({str(Channel.EMAIL)})
+"""The channels a digest can go out on: a digest renders a list, which only email can carry.
+Other channels a rule's digest names are sent at once, as if there were no digest."""
+
+MAX_DIGEST_KEY: Final = 255
+"""Characters of a digest key's value kept (the column's width); longer values are cut."""
+
+
+def digest_key_of(digest: Digest, spec: EventSpec) -> str:
+    """The value that keys `spec`'s digest: the event's field at `Digest.key` as text (a
+    string as it is, anything else as compact JSON), '' without a key or when it is missing."""
+    if digest.key is None:
+        return ""
+    current: object = context_for(spec)
+    for step in digest.key.parts:
+        if isinstance(step, str) and isinstance(current, Mapping):
+            current = current.get(step)
+        elif (
+            isinstance(step, int)
+            and isinstance(current, list)
+            and -len(current) <= step < len(current)
+        ):
+            current = current[step]
+        else:
+            return ""
+    if current is None:
+        return ""
+    text = current if isinstance(current, str) else json.dumps(current, separators=(",", ":"))
+    return text[:MAX_DIGEST_KEY]
+
+
+def digested(rule: Rule | None) -> frozenset[str]:
+    """The channels `rule` batches into its digest instead of sending at once."""
+    if rule is None or rule.digest is None:
+        return frozenset()
+    return frozenset(rule.digest.channels) & DIGEST_CHANNELS
+
+
 # --- matching ----------------------------------------------------------------------------------
 
 

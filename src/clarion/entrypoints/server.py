@@ -232,6 +232,8 @@ def _worker_jobs(
         jobs.append(("expiring", clarion.expiring.run(stop)))
     if clarion.escalating is not None:
         jobs.append(("escalating", clarion.escalating.run(stop)))
+    if clarion.digesting is not None:
+        jobs.append(("digesting", clarion.digesting.run(stop)))
     return jobs
 
 

@@ -25,7 +25,7 @@ from clarion.services.ports import Claimed, Clock, Completion, Store, Transport
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 60.0  # longer than any provider call's timeout, so a live sender keeps its lease
+LEASE_SECONDS = 60.0  # WorkerSettings.delivery_lease_seconds
 IDLE_POLL_SECONDS = 0.5
 DEFAULT_BATCH = 500  # WorkerSettings.delivery_batch
 DEFAULT_CONCURRENCY = 4  # WorkerSettings.delivery_concurrency
@@ -42,6 +42,7 @@ class Delivering:
         *,
         batch: int = DEFAULT_BATCH,
         concurrency: int = DEFAULT_CONCURRENCY,
+        lease_seconds: float = LEASE_SECONDS,
         rng: random.Random | None = None,
     ) -> None:
         if batch < 1 or concurrency < 1:
@@ -51,6 +52,7 @@ class Delivering:
         self._transports = dict(transports)
         self._batch = batch
         self._concurrency = concurrency
+        self._lease_seconds = lease_seconds
         self._rng = rng or random.Random()
 
     async def deliver_once(self, channel: Channel) -> int:
@@ -62,7 +64,7 @@ class Delivering:
 
     async def _claim(self, channel: Channel) -> list[Claimed]:
         return await self._store.claim_deliveries(
-            channel, limit=self._batch, lease_seconds=LEASE_SECONDS, now=self._clock.now()
+            channel, limit=self._batch, lease_seconds=self._lease_seconds, now=self._clock.now()
         )
 
     async def _deliver(self, channel: Channel, claimed: Sequence[Claimed]) -> None:

@@ -15,6 +15,7 @@ waiting for a retry. Bounces and refusals of the message itself are final on eit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,15 @@ class TemplateSource(Protocol):
     async def templates_for(
         self, tenant_id: str, channel: str, *, event_type: str, category: str | None
     ) -> Mapping[TemplateKey, EmailTemplate]: ...
+
+
+class DigestSource(Protocol):
+    """The contents of digest deliveries (`Store.digest_contents`): per delivery that is a
+    digest, the template name to render with and the entries' events."""
+
+    async def digest_contents(
+        self, delivery_ids: Sequence[int]
+    ) -> dict[int, tuple[str, list[dict[str, Any]]]]: ...
 
 
 class UnsubscribeLinks(Protocol):
@@ -206,8 +216,12 @@ class EmailTransport:
         clock: Clock,
         renderer: Renderer | None = None,
         cache_seconds: float = SETTINGS_CACHE_SECONDS,
+        digests: DigestSource | None = None,
+        enricher: Enricher | None = None,
     ) -> None:
         self._store = store
+        self._digests = digests
+        self._enricher = enricher
         self._templates = templates
         self._credentials = credentials
         self._mailers = dict(mailers)
@@ -226,7 +240,7 @@ class EmailTransport:
         for tenant_id, indexes in by_tenant.items():
             claims = [batch[i] for i in indexes]
             try:
-                found = await self._send_tenant(tenant_id, claims)
+                found = await self._send_enriched(tenant_id, claims)
             except Exception:
                 # A store or vault failure: nothing was sent, so all of them wait and retry.
                 log.exception("email batch failed", extra={"tenant": tenant_id})
@@ -234,6 +248,12 @@ class EmailTransport:
             for i, outcome in zip(indexes, found, strict=True):
                 results[i] = outcome
         return [r if r is not None else outcomes.RetryLater("not sent") for r in results]
+
+    async def _send_enriched(self, tenant_id: str, claims: Sequence[Claimed]) -> list[Outcome]:
+        prepared = await enriched(self._enricher, tenant_id, claims)
+        ready = [c for c in prepared if isinstance(c, Claimed)]
+        sent = iter(await self._send_tenant(tenant_id, ready) if ready else [])
+        return [next(sent) if isinstance(c, Claimed) else c for c in prepared]
 
     async def close(self) -> None:
         """Close every provider's pooled connections."""
@@ -247,8 +267,15 @@ class EmailTransport:
             return [outcomes.Rejected(why)] * len(claims)
         sender = settings.email
         templates: dict[tuple[str, str | None], Mapping[TemplateKey, EmailTemplate]] = {}
+        digests = (
+            await self._digests.digest_contents([c.id for c in claims])
+            if self._digests is not None
+            else {}
+        )
         for claimed in claims:
             key = (claimed.item.type, claimed.item.category)
+            if claimed.id in digests:
+                key = (digests[claimed.id][0], None)
             if key not in templates:
                 templates[key] = await self._templates.templates_for(
                     tenant_id, str(Channel.EMAIL), event_type=key[0], category=key[1]
@@ -258,7 +285,7 @@ class EmailTransport:
             for claimed in claims
         ]
         built = await asyncio.to_thread(
-            self._build_all, claims, links, templates, settings.default_locale, sender
+            self._build_all, claims, links, templates, settings.default_locale, sender, digests
         )
         results: list[Outcome | None] = [b if not isinstance(b, Email) else None for b in built]
         todo = [i for i, b in enumerate(built) if isinstance(b, Email)]
@@ -312,6 +339,7 @@ class EmailTransport:
         templates: Mapping[tuple[str, str | None], Mapping[TemplateKey, EmailTemplate]],
         default_locale: str,
         sender: SenderSettings,
+        digests: Mapping[int, tuple[str, list[dict[str, Any]]]],
     ) -> list[Email | Outcome]:
         """Every claim's message, or the outcome that says why there is none (on a thread:
         rendering is CPU work bounded per render by the sandbox's limits)."""
@@ -321,18 +349,29 @@ class EmailTransport:
         built: list[Email | Outcome] = []
         for claimed, link in zip(claims, links, strict=True):
             item = claimed.item
+            digest = digests.get(claimed.id)
+            name, category = (item.type, item.category) if digest is None else (digest[0], None)
             try:
                 to = Mailbox.of(claimed.endpoint)
                 variables = template_variables(claimed, link.url)
+                if digest is not None:
+                    variables["digest"] = {"count": len(digest[1]), "entries": digest[1]}
                 chosen = choose_template(
-                    templates[(item.type, item.category)],
-                    event_type=item.type,
-                    category=item.category,
+                    templates[(name, category)],
+                    event_type=name,
+                    category=category,
                     channel=str(Channel.EMAIL),
                     user_locale=claimed.locale,
                     tenant_default_locale=default_locale,
                 )
-                if chosen is None:
+                if chosen is None and digest is not None:
+                    # A digest without a template: its entries' titles, one a line.
+                    subject = f"{len(digest[1])} new notifications"
+                    text = "\n".join(
+                        f"- {' '.join(str(e['title'] or e['type']).split())}" for e in digest[1]
+                    )
+                    html = None
+                elif chosen is None:
                     subject = " ".join((item.title or item.type).split())
                     text, html = item.body or item.title or item.type, None
                 else:
@@ -383,7 +422,34 @@ def template_variables(claimed: Claimed, unsubscribe_url: str) -> dict[str, Any]
         },
         "user": {"id": item.user, "locale": claimed.locale, "attributes": claimed.attributes},
         "unsubscribe_url": unsubscribe_url,
+        # Enrichment (`services.enriching`): empty unless the notification's rule asks for it.
+        "group": {},
+        "enrichment": {},
+        **claimed.context,
     }
+
+
+class Enricher(Protocol):
+    """Extra template variables per claim, or the outcome of a failed enrichment
+    (`services.enriching.Enriching`)."""
+
+    async def context(
+        self, tenant_id: str, claims: Sequence[Claimed]
+    ) -> Sequence[Mapping[str, Any] | Outcome]: ...
+
+
+async def enriched(
+    enricher: Enricher | None, tenant_id: str, claims: Sequence[Claimed]
+) -> list[Claimed | Outcome]:
+    """Each claim with its enrichment in `Claimed.context`, or the outcome its rule's policy
+    gives a failed enrichment."""
+    if enricher is None:
+        return list(claims)
+    found = await enricher.context(tenant_id, claims)
+    return [
+        dataclasses.replace(c, context=dict(extra)) if isinstance(extra, Mapping) else extra
+        for c, extra in zip(claims, found, strict=True)
+    ]
 
 
 def _invalid(field: str, problem: str) -> errors.InvalidRequest:

@@ -27,6 +27,8 @@ from clarion.domain.records import (
     CredentialInfo,
     Device,
     DueWebhook,
+    EnrichmentSource,
+    EnrichmentWebhook,
     EventReport,
     GroupRecord,
     InboxQuery,
@@ -78,6 +80,8 @@ __all__ = [
     "DeadLetter",
     "Device",
     "DueWebhook",
+    "EnrichmentSource",
+    "EnrichmentWebhook",
     "Envelope",
     "EventReport",
     "GroupRecord",
@@ -339,6 +343,13 @@ class Store(Protocol):
         """Move up to `limit` pending deliveries, then up to `limit` pending items, whose
         notification expired by `now` to `expired`, audited; those a worker holds a lease on
         wait for it. How many moved."""
+        ...
+
+    async def digest_due(self, *, now: datetime, limit: int) -> int:
+        """Close up to `limit` open digests due by `now`, in one transaction: one email
+        delivery per digest, on the item of its newest unread entry (audited ``digest``;
+        `suppressed` where email is opted out); a digest with no unread entry is closed
+        without one. Two callers never close the same digest. How many were closed."""
         ...
 
     async def escalate_due(self, *, now: datetime, limit: int) -> int:

@@ -24,7 +24,13 @@ from clarion.domain import errors, outcomes
 from clarion.domain.channels import Channel
 from clarion.domain.outcomes import Outcome
 from clarion.domain.records import PushExtras
-from clarion.services.mailing import SETTINGS_CACHE_SECONDS, TemplateSource, template_variables
+from clarion.services.mailing import (
+    SETTINGS_CACHE_SECONDS,
+    Enricher,
+    TemplateSource,
+    enriched,
+    template_variables,
+)
 from clarion.services.ports import Claimed, Clock, TenantSettings, Transport
 from clarion.services.templates import (
     EmailTemplate,
@@ -68,8 +74,10 @@ class PushingTransport:
         clock: Clock,
         renderer: Renderer | None = None,
         cache_seconds: float = SETTINGS_CACHE_SECONDS,
+        enricher: Enricher | None = None,
     ) -> None:
         self._inner = inner
+        self._enricher = enricher
         self._store = store
         self._templates = templates
         self._clock = clock
@@ -93,7 +101,7 @@ class PushingTransport:
         for tenant_id, indexes in by_tenant.items():
             claims = [batch[i] for i in indexes]
             try:
-                found = await self._prepare(tenant_id, claims)
+                found = await self._prepare_enriched(tenant_id, claims)
             except Exception:
                 # A store failure: nothing was sent, so all of them wait and retry.
                 log.exception("push content failed", extra={"tenant": tenant_id})
@@ -103,6 +111,14 @@ class PushingTransport:
         to_send = [c for c in ready if isinstance(c, Claimed)]
         sent = iter(await self._inner.send(to_send) if to_send else [])
         return [next(sent) if isinstance(c, Claimed) else c for c in ready]
+
+    async def _prepare_enriched(
+        self, tenant_id: str, claims: Sequence[Claimed]
+    ) -> list[Claimed | Outcome]:
+        prepared = await enriched(self._enricher, tenant_id, claims)
+        ready = [c for c in prepared if isinstance(c, Claimed)]
+        rendered = iter(await self._prepare(tenant_id, ready) if ready else [])
+        return [next(rendered) if isinstance(c, Claimed) else c for c in prepared]
 
     async def _prepare(self, tenant_id: str, claims: Sequence[Claimed]) -> list[Claimed | Outcome]:
         default_locale = await self._default_locale(tenant_id)

@@ -26,6 +26,8 @@ from clarion.domain.rules import (
     RuleChanges,
     StoredRule,
     context_for,
+    digest_key_of,
+    digested,
     load_rules_file,
     match,
     ordered,
@@ -107,11 +109,19 @@ class _Cached:
     at: datetime
 
 
-def applied(rule: Rule | None) -> RuleApplied | None:
-    """What `rule` sets on a notification it decides."""
+def applied(rule: Rule | None, spec: EventSpec | None = None) -> RuleApplied | None:
+    """What `rule` sets on a notification it decides (`spec`, the event, keys its digest)."""
     if rule is None:
         return None
+    batched = digested(rule)
     return RuleApplied(
+        digest_window=rule.digest.window if rule.digest is not None and batched else None,
+        digest_key=(
+            digest_key_of(rule.digest, spec)
+            if rule.digest is not None and spec is not None and batched
+            else ""
+        ),
+        digest_channels=tuple(sorted(batched)),
         rule_key=rule.key,
         priority=str(rule.priority),
         ttl_seconds=rule.ttl,
@@ -265,10 +275,14 @@ class Ruling:
         """The channels `decision` sends `spec` on here: the event's own when it names any
         (kept as they are: acceptance checked them against this server's transports), else
         the rule's with ``push`` expanded and only the channels this server has; websocket
-        always."""
+        always. Channels the rule batches into a digest (`domain.rules.digested`) are left
+        out: they go out later, in the digest."""
         if spec.channels is not None:
-            return channels_for(spec)
-        return usable_channels(decision.channels(None), self._channels)
+            chosen = channels_for(spec)
+        else:
+            chosen = usable_channels(decision.channels(None), self._channels)
+        batched = digested(decision.rule)
+        return tuple(c for c in chosen if str(c) not in batched)
 
     async def plan(self, tenant_id: str, spec: EventSpec, audience: Audience) -> RoutePlan:
         """How to route `spec`: its channels, and what the deciding rule sets.
@@ -284,7 +298,7 @@ class Ruling:
             return RoutePlan(channels_for(spec))
         if not _reads_user(rules, spec.type):
             decision = match(rules, spec.type, context_for(spec))
-            return RoutePlan(self.channels_for(spec, decision), rule=applied(decision.rule))
+            return RoutePlan(self.channels_for(spec, decision), rule=applied(decision.rule, spec))
         recipients = dict(await audience())
         for named in spec.recipients.users:
             recipients.setdefault(named, {})
@@ -307,7 +321,7 @@ class Ruling:
             if channel != Channel.WEBSOCKET and len(users) < len(per_user)
         }
         first = ordered(matched.values())
-        return RoutePlan(tuple(every), only=only, rule=applied(first[0]) if first else None)
+        return RoutePlan(tuple(every), only=only, rule=applied(first[0], spec) if first else None)
 
     async def test(
         self,

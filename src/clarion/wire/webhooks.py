@@ -54,6 +54,19 @@ class UnsafeUrl(ValueError):
     """A webhook URL Clarion will not call; the message says why."""
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A receiver's answer read in full (up to the adapter's cap): enrichment webhooks answer
+    with data, where status webhooks only answer with a status."""
+
+    status: int
+    body: bytes
+    truncated: bool = False
+    """The body was longer than the cap, and cut there."""
+    retry_after: str | None = None
+    """The ``Retry-After`` header, as sent."""
+
+
 # ---------------------------------------------------------------------------------------------
 # payload and signature
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.type_api import to_instance
 
 from clarion.adapters.sealing import Sealer
-from clarion.adapters.storage import engines, escalations, topics
+from clarion.adapters.storage import digests, engines, escalations, topics
 from clarion.adapters.storage.tables import (
     api_keys,
     categories,
@@ -150,6 +150,7 @@ class SqlStore:
                         tenants.c.quiet_start,
                         tenants.c.quiet_end,
                         tenants.c.default_timezone,
+                        tenants.c.enrichment_url,
                         email_settings.c.provider,
                         email_settings.c.fallback,
                         email_settings.c.sender,
@@ -177,7 +178,66 @@ class SqlStore:
             email=sender,
             quiet_hours=_quiet(row.quiet_start, row.quiet_end),
             default_timezone=row.default_timezone,
+            enrichment_url=row.enrichment_url,
         )
+
+    async def enrichment_webhook(self, tenant_id: str) -> ports.EnrichmentWebhook | None:
+        """The tenant's enrichment webhook with its secret opened, or None."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(tenants.c.enrichment_url, tenants.c.enrichment_secret).where(
+                        tenants.c.id == tenant_id
+                    )
+                )
+            ).first()
+        if row is None or row.enrichment_url is None or row.enrichment_secret is None:
+            return None
+        secret = self._sealer.open(row.enrichment_secret, owner=f"enrichment:{tenant_id}")
+        return ports.EnrichmentWebhook(url=row.enrichment_url, secret=secret)
+
+    async def put_enrichment_webhook(
+        self, tenant_id: str, webhook: ports.EnrichmentWebhook | None
+    ) -> bool:
+        """Set (or, with None, remove) the tenant's enrichment webhook; False: no such tenant."""
+        values: dict[str, str | None] = {"enrichment_url": None, "enrichment_secret": None}
+        if webhook is not None:
+            values = {
+                "enrichment_url": webhook.url,
+                "enrichment_secret": self._sealer.seal(
+                    webhook.secret, owner=f"enrichment:{tenant_id}"
+                ),
+            }
+        async with self._write() as conn:
+            found = await conn.execute(
+                tenants.update().where(tenants.c.id == tenant_id).values(**values)
+            )
+        return bool(found.rowcount)
+
+    async def enrichment_sources(
+        self, tenant_id: str, notification_ids: Sequence[str]
+    ) -> dict[str, ports.EnrichmentSource]:
+        """Each notification's rule key and its group's attributes, one statement per 500."""
+        found: dict[str, ports.EnrichmentSource] = {}
+        async with self._read() as conn:
+            for chunk in _chunks(sorted(set(notification_ids)), _CHUNK):
+                rows = await conn.execute(
+                    sa.select(notifications.c.id, notifications.c.rule_key, groups.c.attributes)
+                    .select_from(notifications)
+                    .outerjoin(
+                        groups,
+                        sa.and_(
+                            groups.c.tenant_id == notifications.c.tenant_id,
+                            groups.c.key == notifications.c.group_key,
+                        ),
+                    )
+                    .where(notifications.c.tenant_id == tenant_id, notifications.c.id.in_(chunk))
+                )
+                for row in rows:
+                    found[row.id] = ports.EnrichmentSource(
+                        rule_key=row.rule_key, group_attributes=dict(row.attributes or {})
+                    )
+        return found
 
     async def put_tenant_settings(
         self,
@@ -777,7 +837,7 @@ class SqlStore:
                 )
             )
             audience = _audience(tenant_id, spec)
-            await conn.execute(
+            made = await conn.execute(
                 inbox_items.insert().from_select(
                     [
                         "tenant_id",
@@ -799,8 +859,11 @@ class SqlStore:
                     ),
                 )
             )
+            recipients = made.rowcount
+            sent_on = 0
             to_topics = 0
-            for channel in dict.fromkeys(channels(spec)):
+            chosen_channels = list(dict.fromkeys(channels(spec)))
+            for channel in chosen_channels:
                 # Members of groups mapped to FCM topics hear of it through the topic send,
                 # unless a rule sends FCM to some recipients only: a topic reaches them all.
                 through_topics = None
@@ -818,7 +881,7 @@ class SqlStore:
                         for chunk in _chunks(sorted(only[channel]), _CHUNK)
                     ]
                 for among in chosen:
-                    await conn.execute(
+                    inserted = await conn.execute(
                         deliveries.insert().from_select(
                             [
                                 "tenant_id",
@@ -848,6 +911,7 @@ class SqlStore:
                             ),
                         )
                     )
+                    sent_on += inserted.rowcount
             # An item none of whose deliveries may go out is suppressed as a whole.
             await conn.execute(
                 inbox_items.update()
@@ -860,7 +924,8 @@ class SqlStore:
                 )
                 .values(status=str(Status.SUPPRESSED))
             )
-            if (spec.priority or (None if rule is None else rule.priority)) != "critical":
+            critical = (spec.priority or (None if rule is None else rule.priority)) == "critical"
+            if not critical and any(c in _HELD_CHANNELS for c in chosen_channels):
                 await self._hold_for_quiet_hours(conn, tenant_id, notification_id, now)
             if event.expires_at is not None:
                 for table in (inbox_items, deliveries):
@@ -879,14 +944,20 @@ class SqlStore:
                     resend_push_after=rule.resend_push_after,
                     email_if_unread_after=rule.email_if_unread_after,
                 )
+            if rule is not None and rule.digest_window is not None:
+                await digests.write(
+                    conn,
+                    tenant_id,
+                    notification_id,
+                    now,
+                    rule_key=rule.rule_key,
+                    key=rule.digest_key,
+                    window=rule.digest_window,
+                    channels=rule.digest_channels,
+                    insert=self._insert,
+                )
             await conn.execute(
                 events.update().where(events.c.id == event_id).values(state="routed", routed_at=now)
-            )
-            recipients = await conn.scalar(
-                sa.select(sa.func.count()).where(inbox_items.c.notification_id == notification_id)
-            )
-            sent_on = await conn.scalar(
-                sa.select(sa.func.count()).where(deliveries.c.notification_id == notification_id)
             )
         return ports.Routed(
             tenant_id=tenant_id,
@@ -954,21 +1025,25 @@ class SqlStore:
     async def _audit_creation(
         self, conn: AsyncConnection, tenant_id: str, notification_id: str, now: datetime
     ) -> None:
-        for subject, table in ((Subject.ITEM, inbox_items), (Subject.DELIVERY, deliveries)):
-            await conn.execute(
-                transitions.insert().from_select(
-                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
-                    sa.select(
-                        sa.literal(tenant_id),
-                        sa.literal(str(subject)),
-                        table.c.id,
-                        sa.null(),
-                        table.c.status,
-                        sa.literal("routed"),
-                        sa.literal(now, UtcNow),
-                    ).where(table.c.notification_id == notification_id),
-                )
+        # One statement for both (a round trip saved per routed event): items, then deliveries.
+        parts = [
+            sa.select(
+                sa.literal(tenant_id),
+                sa.literal(str(subject)),
+                table.c.id,
+                sa.null(),
+                table.c.status,
+                sa.literal("routed"),
+                sa.literal(now, UtcNow),
+            ).where(table.c.notification_id == notification_id)
+            for subject, table in ((Subject.ITEM, inbox_items), (Subject.DELIVERY, deliveries))
+        ]
+        await conn.execute(
+            transitions.insert().from_select(
+                ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                sa.union_all(*parts),
             )
+        )
 
     async def unrouted_events(self, *, accepted_before: datetime, limit: int) -> list[str]:
         async with self._read() as conn:
@@ -2237,6 +2312,27 @@ class SqlStore:
             items = {r.id: (r.tenant_id, EXPIRY_CAUSE) for r in rows}
             await self._move_items(conn, items, Status.EXPIRED, now)
         return moved + len(items)
+
+    async def digest_due(self, *, now: datetime, limit: int) -> int:
+        """Close up to `limit` open digests due by `now` (`adapters.storage.digests`)."""
+        async with self._write() as conn:
+            return await digests.fire_due(
+                conn,
+                now,
+                limit,
+                postgresql=self._dialect == "postgresql",
+                email_rows=_delivery_rows,
+                insert=self._insert,
+            )
+
+    async def digest_contents(
+        self, delivery_ids: Sequence[int]
+    ) -> dict[int, tuple[str, list[dict[str, Any]]]]:
+        """The rule key and unread entries of each digest delivery among `delivery_ids`."""
+        if not delivery_ids:
+            return {}
+        async with self._read() as conn:
+            return await digests.contents(conn, delivery_ids)
 
     async def escalate_due(self, *, now: datetime, limit: int) -> int:
         """Fire up to `limit` escalations due by `now` (`adapters.storage.escalations`)."""

@@ -78,6 +78,9 @@ tenants = sa.Table(
     sa.Column("quiet_start", sa.String(5)),
     sa.Column("quiet_end", sa.String(5)),
     sa.Column("default_timezone", sa.String(64)),
+    # Revision 0010: the enrichment webhook (services/enriching.py), its secret sealed.
+    sa.Column("enrichment_url", sa.String(2000)),
+    sa.Column("enrichment_secret", sa.Text),
 )
 
 api_keys = sa.Table(
@@ -554,4 +557,48 @@ escalations = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("item_id", "kind"),
     sa.Index(None, "status", "due_at"),
+)
+
+digests = sa.Table(
+    "digests",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # The rule that batches, and the value of its digest key in the events ('' without a key).
+    sa.Column("rule_key", Key, nullable=False),
+    sa.Column("key", Key, nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    # `open` (collecting until due_at), then `sent` (delivery_id says which) or `empty` (every
+    # entry was read first, or the recipient had no address by then). Revision 0010.
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("due_at", UtcDateTime, nullable=False),
+    sa.Column("delivery_id", BigId, sa.ForeignKey("deliveries.id", ondelete="SET NULL")),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index(
+        "uq_digests_open",
+        "tenant_id",
+        "user_id",
+        "rule_key",
+        "key",
+        "channel",
+        unique=True,
+        sqlite_where=sa.text("status = 'open'"),
+        postgresql_where=sa.text("status = 'open'"),
+    ),
+    sa.Index(None, "status", "due_at"),
+    sa.Index(None, "delivery_id"),
+)
+
+digest_entries = sa.Table(
+    "digest_entries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("digest_id", BigId, sa.ForeignKey("digests.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "item_id", BigId, sa.ForeignKey("inbox_items.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("digest_id", "item_id"),
 )

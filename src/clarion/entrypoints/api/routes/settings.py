@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter
@@ -31,6 +32,20 @@ class SenderIn(schemas.Input):
     reply_to: Address | None = None
 
 
+class EnrichmentIn(schemas.Input):
+    """The tenant's enrichment webhook (rules with ``enrichment.webhook`` call it)."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2000)]
+    # Signs each request (Clarion-Signature, as status webhooks); never shown again.
+    secret: Annotated[str, Field(min_length=16, max_length=200)]
+
+
+class EnrichmentOut(BaseModel):
+    """The tenant's enrichment webhook; its secret is never shown."""
+
+    url: str
+
+
 class SettingsIn(schemas.Input):
     """All of a tenant's settings (a PUT replaces them all)."""
 
@@ -41,6 +56,8 @@ class SettingsIn(schemas.Input):
     quiet_hours: QuietHoursIn | None = None
     # For users without a time zone; null: UTC.
     default_timezone: Annotated[str, AfterValidator(timezone_name)] | None = None
+    # Left out: unchanged (older clients keep working); null: removed.
+    enrichment: EnrichmentIn | None = None
 
 
 class SenderOut(BaseModel):
@@ -60,6 +77,7 @@ class SettingsOut(BaseModel):
     email: SenderOut | None
     quiet_hours: QuietHoursOut | None = None
     default_timezone: str | None = None
+    enrichment: EnrichmentOut | None = None
 
     @classmethod
     def of(cls, found: TenantSettings) -> SettingsOut:
@@ -78,6 +96,9 @@ class SettingsOut(BaseModel):
             ),
             quiet_hours=QuietHoursOut.of(found.quiet_hours),
             default_timezone=found.default_timezone,
+            enrichment=None
+            if found.enrichment_url is None
+            else EnrichmentOut(url=found.enrichment_url),
         )
 
 
@@ -100,6 +121,11 @@ async def put_settings(body: SettingsIn, app: App, tenant: Tenant) -> SettingsOu
             sender_name=body.email.sender_name,
             reply_to=body.email.reply_to,
         )
+    enriching = app.enriching
+    change_enrichment = "enrichment" in body.model_fields_set and enriching is not None
+    webhook = None
+    if change_enrichment and body.enrichment is not None and enriching is not None:
+        webhook = enriching.checked(body.enrichment.url, body.enrichment.secret)
     saved = await app.mailing.put_settings(
         tenant,
         default_locale=body.default_locale,
@@ -107,4 +133,10 @@ async def put_settings(body: SettingsIn, app: App, tenant: Tenant) -> SettingsOu
         quiet_hours=None if body.quiet_hours is None else body.quiet_hours.window(),
         default_timezone=body.default_timezone,
     )
+    if change_enrichment and enriching is not None:
+        await enriching.put_webhook(tenant, webhook)
+        saved = dataclasses.replace(saved, enrichment_url=None if webhook is None else webhook.url)
+    else:
+        current = await app.mailing.settings(tenant)
+        saved = dataclasses.replace(saved, enrichment_url=current.enrichment_url)
     return SettingsOut.of(saved)
