@@ -45,7 +45,7 @@ bench: install
 	sh scripts/ensure-bench-tools.sh
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/apns.py
-	$(BIN)/python bench/email.py
+	$(BIN)/python bench/email_pipeline.py
 
 clean:  # keeps var/: it holds the database and the sealing key
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """APNs client benchmark: Clarion's `ApnsTransport` against aioapns and h2load, one emulator.
 
     .venv/bin/python bench/apns.py [--pushes 200000] [--runs 3] [--batch 100] [--json]
+        [--pipeline-users 100000]
 
 Starts the APNs emulator in a separate process (``clarion emulate apns --tls``, latency 0, pinned
 to CPU 1 with ``taskset -c 1`` when taskset exists), registers a freshly generated P-256 signing
@@ -34,6 +35,10 @@ Reports medians over the runs, and the medians of the per-run ratios clarion / e
 The emulator is pure-Python HTTP/2 on one core, so it bounds the wall-clock rate of every client
 (h2load's pushes/s is that bound); the per-core figure (client CPU) is the one that compares the
 clients.
+
+Then, unless ``--pipeline-users 0``, the full pipeline (`bench/apns_pipeline.py`'s ``pipeline``
+and ``null`` phases: one event to that many iOS users, from POST /v1/events to the last `sent`,
+on SQLite), so that one command gives both of the issue's figures.
 """
 
 from __future__ import annotations
@@ -472,7 +477,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100, help="pushes in flight (default 100)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    asyncio.run(bench(parser.parse_args()))
+    parser.add_argument(
+        "--pipeline-users",
+        type=int,
+        default=100_000,
+        help="then the full pipeline to this many users (0: skip it)",
+    )
+    args = parser.parse_args()
+    asyncio.run(bench(args))
+    if args.pipeline_users > 0:
+        import apns_pipeline  # bench/ is this script's directory, first on sys.path
+
+        measured = asyncio.run(
+            apns_pipeline.run(users=args.pipeline_users, phases=("pipeline", "null"))
+        )
+        apns_pipeline.report(measured, 1)
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ async def test_an_undelivered_item_expires_and_is_not_in_a_later_backlog(setup: 
     assert routed["recipients"]["by_status"]["pending"] == 1
     setup.advance(31)
     assert srv.clarion.expiring is not None
-    await srv.clarion.expiring.expire_once()
+    await srv.clarion.expiring.once()
     report = await _event(t, event_id)
     assert report["recipients"]["by_status"]["expired"] == 1
     assert report["channels"]["websocket"]["by_status"]["expired"] == 1

@@ -38,7 +38,7 @@ def _loop(store: _Store, **kw: Any) -> Escalating:
 
 async def test_one_pass_takes_full_batches_until_a_short_one() -> None:
     store = _Store([3, 3, 1, 3])
-    assert await _loop(store, batch=3).escalate_once() == 7
+    assert await _loop(store, batch=3).once() == 7
     assert store.calls == 3
 
 

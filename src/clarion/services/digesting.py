@@ -8,13 +8,10 @@ came due, each into one email delivery that the email transport renders as a lis
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+from datetime import datetime
 
 from clarion.services.ports import Clock, Store
-
-log = logging.getLogger(__name__)
+from clarion.services.sweeping import Sweep
 
 POLL_INTERVAL_SECONDS = 1.0
 """How often the loop looks for due digests when the last look found none: windows are at
@@ -23,11 +20,12 @@ least a minute, so a second late is nothing, and an idle poll is one indexed que
 BATCH = 500
 """Digests closed per transaction."""
 
-FAILURE_BACKOFF_MAX = 30.0  # longest pause between polls while the database is unreachable
 
-
-class Digesting:
+class Digesting(Sweep):
     """Closes due digests, a batch per transaction, until none is due."""
+
+    what = "digests closed"
+    action = "digested"
 
     def __init__(
         self,
@@ -37,37 +35,8 @@ class Digesting:
         interval: float = POLL_INTERVAL_SECONDS,
         batch: int = BATCH,
     ) -> None:
+        super().__init__(clock, interval=interval, batch=batch)
         self._store = store
-        self._clock = clock
-        self._interval = interval
-        self._batch = batch
 
-    async def digest_once(self) -> int:
-        """Close everything due now; how many digests were closed (sent or empty)."""
-        total = 0
-        while True:
-            closed = await self._store.digest_due(now=self._clock.now(), limit=self._batch)
-            total += closed
-            if closed < self._batch:
-                break
-        if total:
-            log.info("digests closed", extra={"action": "digested", "count": total})
-        return total
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll every `interval` until `stop` is set; failures are logged and retried."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                await self.digest_once()
-            except Exception as exc:
-                failures += 1
-                log.warning(
-                    "digest failed; retrying",
-                    extra={"action": "digest_failed", "failures": failures, "error": str(exc)},
-                )
-            else:
-                failures = 0
-            pause = min(FAILURE_BACKOFF_MAX, self._interval * 2 ** min(failures, 8))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
+    async def _take(self, now: datetime, limit: int) -> int:
+        return await self._store.digest_due(now=now, limit=limit)

@@ -8,13 +8,10 @@ timers in the same transaction, so nothing fires for what the user has already s
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+from datetime import datetime
 
 from clarion.services.ports import Clock, Store
-
-log = logging.getLogger(__name__)
+from clarion.services.sweeping import Sweep
 
 POLL_INTERVAL_SECONDS = 1.0
 """How often the loop looks for due escalations when the last look found none: delays are
@@ -23,11 +20,12 @@ minutes long, so a second late is nothing, and an idle poll is one indexed query
 BATCH = 500
 """Escalations fired per transaction: a few statements each, however many rows."""
 
-FAILURE_BACKOFF_MAX = 30.0  # longest pause between polls while the database is unreachable
 
-
-class Escalating:
+class Escalating(Sweep):
     """Fires due escalations, a batch per transaction, until none is due."""
+
+    what = "escalations settled"
+    action = "escalated"
 
     def __init__(
         self,
@@ -37,37 +35,8 @@ class Escalating:
         interval: float = POLL_INTERVAL_SECONDS,
         batch: int = BATCH,
     ) -> None:
+        super().__init__(clock, interval=interval, batch=batch)
         self._store = store
-        self._clock = clock
-        self._interval = interval
-        self._batch = batch
 
-    async def escalate_once(self) -> int:
-        """Fire everything due now; how many escalations were settled (fired or cancelled)."""
-        total = 0
-        while True:
-            settled = await self._store.escalate_due(now=self._clock.now(), limit=self._batch)
-            total += settled
-            if settled < self._batch:
-                break
-        if total:
-            log.info("escalations settled", extra={"action": "escalated", "count": total})
-        return total
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll every `interval` until `stop` is set; failures are logged and retried."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                await self.escalate_once()
-            except Exception as exc:
-                failures += 1
-                log.warning(
-                    "escalation failed; retrying",
-                    extra={"action": "escalation_failed", "failures": failures, "error": str(exc)},
-                )
-            else:
-                failures = 0
-            pause = min(FAILURE_BACKOFF_MAX, self._interval * 2 ** min(failures, 8))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
+    async def _take(self, now: datetime, limit: int) -> int:
+        return await self._store.escalate_due(now=now, limit=limit)

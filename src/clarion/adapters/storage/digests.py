@@ -14,13 +14,14 @@ keeps two workers apart without a lease.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clarion.adapters.storage.batching import DELIVERY_COLUMNS, chunks
 from clarion.adapters.storage.tables import (
     deliveries,
     digest_entries,
@@ -38,15 +39,9 @@ DIGEST_CAUSE = "digest"
 
 OPEN, SENT, EMPTY = "open", "sent", "empty"
 
-_CHUNK = 500
 _Stamp = digests.c.due_at.type
 
 EmailRows = Callable[..., sa.Select[Any]]
-
-
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start : start + _CHUNK]
 
 
 async def write(
@@ -150,7 +145,7 @@ async def fire_due(
         return 0
     ids = [r.id for r in rows]
     latest: dict[int, int] = {}  # digest → its newest unread entry's item
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         found = await conn.execute(
             sa.select(digest_entries.c.digest_id, sa.func.max(digest_entries.c.item_id))
             .join(inbox_items, inbox_items.c.id == digest_entries.c.item_id)
@@ -165,7 +160,7 @@ async def fire_due(
     if latest:
         meta = {
             r.item_id: r
-            for chunk in _chunks(sorted(latest.values()))
+            for chunk in chunks(sorted(latest.values()))
             for r in await conn.execute(
                 sa.select(
                     inbox_items.c.id.label("item_id"),
@@ -194,7 +189,7 @@ async def fire_due(
                 (
                     await conn.execute(
                         insert(deliveries)
-                        .from_select(_DELIVERY_COLUMNS, rows_)
+                        .from_select(DELIVERY_COLUMNS, rows_)
                         .on_conflict_do_nothing(
                             index_elements=["notification_id", "user_id", "channel", "endpoint"]
                         )
@@ -228,7 +223,7 @@ async def fire_due(
                 [{"b_id": d, "b_delivery": v} for d, v in sent.items()],
             )
     closed = [i for i in ids if i not in sent]
-    for chunk in _chunks(closed):
+    for chunk in chunks(closed):
         await conn.execute(
             digests.update().where(digests.c.id.in_(chunk)).values(status=EMPTY, updated_at=now)
         )
@@ -242,7 +237,7 @@ async def contents(
     rule's template, else ``digest:<rule key>``) and its unread entries' events, oldest first
     (as a template's ``digest.entries``)."""
     found: dict[int, tuple[str, list[dict[str, Any]]]] = {}
-    for chunk in _chunks(list(delivery_ids)):
+    for chunk in chunks(list(delivery_ids)):
         rows = await conn.execute(
             sa.select(
                 digests.c.delivery_id,
@@ -282,21 +277,3 @@ async def contents(
                 }
             )
     return found
-
-
-_DELIVERY_COLUMNS = [
-    "tenant_id",
-    "notification_id",
-    "item_id",
-    "user_id",
-    "channel",
-    "endpoint",
-    "status",
-    "category",
-    "group_key",
-    "attempts",
-    "next_attempt_at",
-    "fence",
-    "created_at",
-    "updated_at",
-]

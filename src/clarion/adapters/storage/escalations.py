@@ -10,13 +10,14 @@ LOCKED`` keeps two workers apart, SQLite's single writer does the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clarion.adapters.storage.batching import DELIVERY_COLUMNS, chunks
 from clarion.adapters.storage.tables import (
     deliveries,
     escalations,
@@ -35,17 +36,11 @@ from clarion.domain.escalations import (
 )
 from clarion.domain.statuses import RESENDS, Status, Subject
 
-_CHUNK = 500  # ids per IN list, as in sql.py
 _PUSH = sorted(str(c) for c in (Channel.APNS, Channel.FCM, Channel.WEBPUSH, Channel.WNS))
 _Stamp = escalations.c.due_at.type
 
 EmailRows = Callable[..., sa.Select[Any]]
 """`sql._delivery_rows`: the email deliveries of a notification's items, opt-outs applied."""
-
-
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start : start + _CHUNK]
 
 
 async def write(
@@ -109,7 +104,7 @@ async def cancel(
     kinds = _cancelled_kinds(target)
     if not kinds or not item_ids:
         return
-    for chunk in _chunks(list(item_ids)):
+    for chunk in chunks(list(item_ids)):
         await conn.execute(
             escalations.update()
             .where(
@@ -149,7 +144,7 @@ async def fire_due(
         return 0
     item_ids = sorted({r.item_id for r in rows})
     statuses: dict[int, Status] = {}
-    for chunk in _chunks(item_ids):
+    for chunk in chunks(item_ids):
         found = await conn.execute(
             sa.select(inbox_items.c.id, inbox_items.c.status).where(inbox_items.c.id.in_(chunk))
         )
@@ -167,7 +162,7 @@ async def fire_due(
     await _resend_push(conn, acting[Kind.RESEND_PUSH], now)
     await _send_email(conn, acting[Kind.EMAIL_IF_UNREAD], now, email_rows, insert)
     for ids, state in ((done, State.DONE), (cancelled, State.CANCELLED)):
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             await conn.execute(
                 escalations.update()
                 .where(escalations.c.id.in_(chunk))
@@ -179,7 +174,7 @@ async def fire_due(
 async def _resend_push(conn: AsyncConnection, item_ids: Sequence[int], now: datetime) -> None:
     """Put the items' `sent` push deliveries back to `pending`, due now; attempts are kept."""
     ((source, target),) = RESENDS.items()
-    for chunk in _chunks(list(item_ids)):
+    for chunk in chunks(list(item_ids)):
         resent = (
             (
                 await conn.execute(
@@ -223,7 +218,7 @@ async def _send_email(
         return
     per_notification: dict[str, list[int]] = {}
     meta: dict[str, Any] = {}
-    for chunk in _chunks(list(item_ids)):
+    for chunk in chunks(list(item_ids)):
         found = await conn.execute(
             sa.select(
                 inbox_items.c.id,
@@ -241,7 +236,7 @@ async def _send_email(
             meta[r.notification_id] = r
     for notification_id, ids in per_notification.items():
         r = meta[notification_id]
-        for chunk in _chunks(sorted(ids)):
+        for chunk in chunks(sorted(ids)):
             among = sa.select(inbox_items.c.user_id).where(inbox_items.c.id.in_(chunk))
             rows = email_rows(
                 r.tenant_id,
@@ -256,7 +251,7 @@ async def _send_email(
                 (
                     await conn.execute(
                         insert(deliveries)
-                        .from_select(_DELIVERY_COLUMNS, rows)
+                        .from_select(DELIVERY_COLUMNS, rows)
                         .on_conflict_do_nothing(
                             index_elements=["notification_id", "user_id", "channel", "endpoint"]
                         )
@@ -288,24 +283,6 @@ async def _send_email(
                     ).where(deliveries.c.id.in_(created)),
                 )
             )
-
-
-_DELIVERY_COLUMNS = [
-    "tenant_id",
-    "notification_id",
-    "item_id",
-    "user_id",
-    "channel",
-    "endpoint",
-    "status",
-    "category",
-    "group_key",
-    "attempts",
-    "next_attempt_at",
-    "fence",
-    "created_at",
-    "updated_at",
-]
 
 
 async def _audit(

@@ -23,6 +23,7 @@ from sqlalchemy.sql.type_api import to_instance
 
 from clarion.adapters.sealing import Sealer
 from clarion.adapters.storage import digests, engines, escalations, topics
+from clarion.adapters.storage.batching import DELIVERY_COLUMNS, chunks as _chunks
 from clarion.adapters.storage.tables import (
     api_keys,
     categories,
@@ -883,22 +884,7 @@ class SqlStore:
                 for among in chosen:
                     inserted = await conn.execute(
                         deliveries.insert().from_select(
-                            [
-                                "tenant_id",
-                                "notification_id",
-                                "item_id",
-                                "user_id",
-                                "channel",
-                                "endpoint",
-                                "status",
-                                "category",
-                                "group_key",
-                                "attempts",
-                                "next_attempt_at",
-                                "fence",
-                                "created_at",
-                                "updated_at",
-                            ],
+                            DELIVERY_COLUMNS,
                             _delivery_rows(
                                 tenant_id,
                                 notification_id,
@@ -2831,8 +2817,3 @@ def _stored_event(row: Any) -> ports.StoredEvent:
 def _due_by(at: datetime) -> sa.ColumnElement[bool]:
     """The event is not scheduled, or was due to go out by `at`."""
     return sa.or_(events.c.send_at.is_(None), events.c.send_at <= at)
-
-
-def _chunks(values: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]

@@ -1,7 +1,7 @@
 """Email pipeline benchmark: one event to N users with an address, from POST /v1/events to the
 last `sent`, through SMTP (STARTTLS + AUTH) to the SMTP emulator.
 
-    .venv/bin/python bench/email.py [--emails 20000] [--runs 1]
+    .venv/bin/python bench/email_pipeline.py [--emails 20000] [--runs 1]
         [--database sqlite | postgresql+asyncpg://postgres@127.0.0.1:5432/postgres]
         [--phases pipeline,null,transport,aiosmtplib] [--json]
 
@@ -47,64 +47,58 @@ phases of one run (the ratios), not runs of different days.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import ssl
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-# This file's name shadows the standard library's `email` (which aiosmtplib and clarion.wire
-# import): look in bench/ for `common` and `apns_pipeline` only after the standard library.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != _HERE] + [_HERE]
+import aiosmtplib
+import httpx
+import sqlalchemy as sa
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import base64  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import secrets  # noqa: E402
-import socket  # noqa: E402
-import ssl  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from typing import Any  # noqa: E402
-
-import aiosmtplib  # noqa: E402
-import httpx  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-
-from apns_pipeline import Completions, Database, machine_busy_s  # noqa: E402
-from clarion import bootstrap  # noqa: E402
-from clarion.adapters.providers import smtp as smtp_provider  # noqa: E402
-from clarion.adapters.providers.smtp import SmtpMailer  # noqa: E402
-from clarion.adapters.storage.tables import (  # noqa: E402
+from apns_pipeline import Completions, Database, machine_busy_s
+from clarion import bootstrap
+from clarion.adapters.providers import smtp as smtp_provider
+from clarion.adapters.providers.smtp import SmtpMailer
+from clarion.adapters.storage.tables import (
     BigId,
     UtcDateTime,
     deliveries,
     memberships,
     users,
 )
-from clarion.domain import outcomes  # noqa: E402
-from clarion.domain.channels import Channel  # noqa: E402
-from clarion.domain.records import (  # noqa: E402
+from clarion.domain import outcomes
+from clarion.domain.channels import Channel
+from clarion.domain.records import (
     Claimed,
     Credential,
     CredentialInfo,
     SenderSettings,
 )
-from clarion.domain.statuses import Status  # noqa: E402
-from clarion.domain.templates import EmailTemplate, TemplateEntry  # noqa: E402
-from clarion.entrypoints.server import serve  # noqa: E402
-from clarion.services.delivering import Delivering  # noqa: E402
-from clarion.services.templates import Renderer  # noqa: E402
-from clarion.settings import EmailSettings, Settings, WorkerSettings  # noqa: E402
-from clarion.wire import email as wire  # noqa: E402
-from clarion.wire.webhooks import parse_networks  # noqa: E402
-from common import EMULATOR_CPU, EmulatorProcess, pin_client  # noqa: E402
+from clarion.domain.statuses import Status
+from clarion.domain.templates import EmailTemplate, TemplateEntry
+from clarion.entrypoints.server import serve
+from clarion.services.delivering import Delivering
+from clarion.services.templates import Renderer
+from clarion.settings import EmailSettings, Settings, WorkerSettings
+from clarion.wire import email as wire
+from clarion.wire.webhooks import parse_networks
+from common import EMULATOR_CPU, EmulatorProcess, pin_client
 
 GROUP = "everyone"
 CREDENTIAL = "relay"
