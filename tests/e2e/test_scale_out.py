@@ -6,7 +6,7 @@ the machine's PostgreSQL, with Redis Streams or NATS JetStream as the bus.
   started again. Afterwards every recipient has exactly one APNs delivery, `sent`, none is left
   pending, and the emulator saw every token at least once and none more than twice.
 - **Broker restart**: a private redis-server / nats-server is killed and started again in the
-  middle of a stream of 500 events/s for 30 s (batches of 25 on POST /v1/events/batch) to 2
+  middle of a stream of 500 events/s for 30 s (batches of 50 on POST /v1/events/batch) to 2
   api processes (2 workers route them); the stream must reach at least 90% of that rate, and
   every event answered 202 is delivered, that is routed once, with its inbox item and its
   `websocket` delivery (the in-app inbox: no provider, so the machine's cores go to the API,
@@ -376,9 +376,9 @@ class Load:
     summary says which), never past `seconds`. A request that dies with its connection is sent
     again with the same keys, as a producer would."""
 
-    IN_FLIGHT = 16
+    IN_FLIGHT = 64
     ATTEMPTS = 3
-    BATCH = 25
+    BATCH = 50
 
     def __init__(self, apis: list[Process], tenant: Tenant, rate: int, seconds: float) -> None:
         self.apis = apis
