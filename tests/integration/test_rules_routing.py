@@ -139,6 +139,21 @@ async def _sent(srv: Running, report: dict[str, Any]) -> dict[str, set[str]]:
     return found
 
 
+async def _expiries(srv: Running, report: dict[str, Any]) -> set[float | None]:
+    """Seconds from routing to expiry of the report's items and deliveries (None: never)."""
+    notification_id = report["notification"]["id"]
+    found: set[float | None] = set()
+    async with srv.clarion.store.engine.connect() as conn:
+        for table in (tables.inbox_items, tables.deliveries):
+            rows = await conn.execute(
+                sa.select(table.c.created_at, table.c.expires_at).where(
+                    table.c.notification_id == notification_id
+                )
+            )
+            found |= {None if e is None else round((e - c).total_seconds()) * 1.0 for c, e in rows}
+    return found
+
+
 async def test_the_rules_file_decides_every_events_deliveries(srv: Running, tmp_path: Path) -> None:
     async with tenant_client(srv) as tenant:
         await _setup(srv, tenant, tmp_path)
@@ -152,6 +167,8 @@ async def test_the_rules_file_decides_every_events_deliveries(srv: Running, tmp_
         assert order["notification"]["rule"] == "orders"
         assert order["notification"]["ttl"] == 3600
         assert order["notification"]["priority"] == "normal"
+        # The rule's TTL expires what is still undelivered an hour after routing.
+        assert await _expiries(srv, order) == {3600.0}
 
         security = await _send(tenant, {"type": "security.alert"})
         assert await _sent(srv, security) == {
@@ -167,6 +184,7 @@ async def test_the_rules_file_decides_every_events_deliveries(srv: Running, tmp_
 
         comment = await _send(tenant, {"type": "comment.created"})
         assert await _sent(srv, comment) == {u: {"websocket"} for u in ("ann", "bob", "cy")}
+        assert await _expiries(srv, comment) == {None}
         assert comment["notification"]["rule"] == "comments"
 
         # An event that names its channels keeps them; the rule still decides the rest.

@@ -817,6 +817,11 @@ class SqlStore:
                     .values(tenant_id=tenant_id, key=spec.category, created_at=now)
                     .on_conflict_do_nothing(index_elements=["tenant_id", "key"])
                 )
+            # The event's own expiry, or the rule's TTL counted from now, whichever ends first.
+            expires_at = event.expires_at
+            if rule is not None and rule.ttl_seconds is not None:
+                by_rule = now + timedelta(seconds=rule.ttl_seconds)
+                expires_at = by_rule if expires_at is None else min(expires_at, by_rule)
             await conn.execute(
                 notifications.insert().values(
                     id=notification_id,
@@ -829,7 +834,7 @@ class SqlStore:
                     category=spec.category,
                     group_key=group,
                     created_at=now,
-                    expires_at=event.expires_at,
+                    expires_at=expires_at,
                     rule_key=None if rule is None else rule.rule_key,
                     priority=spec.priority or (None if rule is None else rule.priority),
                     push=spec.push or None,
@@ -913,12 +918,12 @@ class SqlStore:
             critical = (spec.priority or (None if rule is None else rule.priority)) == "critical"
             if not critical and any(c in _HELD_CHANNELS for c in chosen_channels):
                 await self._hold_for_quiet_hours(conn, tenant_id, notification_id, now)
-            if event.expires_at is not None:
+            if expires_at is not None:
                 for table in (inbox_items, deliveries):
                     await conn.execute(
                         table.update()
                         .where(table.c.notification_id == notification_id)
-                        .values(expires_at=event.expires_at)
+                        .values(expires_at=expires_at)
                     )
             await self._audit_creation(conn, tenant_id, notification_id, now)
             if rule is not None and (rule.resend_push_after or rule.email_if_unread_after):
