@@ -210,7 +210,7 @@ def build(settings: Settings, *, clock: Clock | None = None, bus: Bus | None = N
                 limit=settings.limits.max_unpublished_events,
             ),
         ),
-        routing=Routing(store, bus, clock, ruling),
+        routing=Routing(store, bus, clock, ruling, templates=template_store),
         relay=relay,
         realtime=Realtime(store, tokens, clock, page=settings.gateway.backlog_page),
         acknowledging=acknowledging,

@@ -288,12 +288,20 @@ class Store(Protocol):
         now: datetime,
         only: Mapping[Channel, Collection[str]] | None = None,
         rule: RuleApplied | None = None,
+        inbox: Mapping[str | None, tuple[str, str]] | None = None,
     ) -> Routed | None:
         """Expand the recipients, create unknown users, and write the notification, one inbox
         item per recipient and one delivery per recipient and channel, all set-based in one
         transaction. `channels` picks the channels from the stored event; a channel in `only`
         goes to the recipients (external ids) listed there alone. `rule` is stored on the
-        notification. None when the event is unknown or was routed before."""
+        notification. `inbox` maps a recipient locale (None: no locale) to the item's title
+        and body rendered for it; recipients whose locale it lacks keep the notification's.
+        None when the event is unknown or was routed before."""
+        ...
+
+    async def audience_locales(self, tenant_id: str, spec: EventSpec) -> set[str | None]:
+        """The distinct locales of the users the event reaches; None among them when one has
+        no locale (or is a named user routing will create)."""
         ...
 
     async def pending_event(self, event_id: str) -> StoredEvent | None:

@@ -788,6 +788,30 @@ class SqlStore:
             )
             return [(row.external_id, row.attributes or {}) for row in rows]
 
+    async def audience_locales(self, tenant_id: str, spec: EventSpec) -> set[str | None]:
+        audience = _audience(tenant_id, spec)
+        async with self._read() as conn:
+            found: set[str | None] = set(
+                await conn.scalars(
+                    sa.select(users.c.locale)
+                    .distinct()
+                    .join(audience, audience.c.user_id == users.c.id)
+                )
+            )
+            named = sorted(set(spec.recipients.users))
+            existing = 0
+            for chunk in _chunks(named, _CHUNK):
+                existing += (
+                    await conn.scalar(
+                        sa.select(sa.func.count()).where(
+                            users.c.tenant_id == tenant_id, users.c.external_id.in_(chunk)
+                        )
+                    )
+                ) or 0
+        if existing < len(named):
+            found.add(None)  # named users routing will create have no locale yet
+        return found
+
     async def route_event(
         self,
         event_id: str,
@@ -797,6 +821,7 @@ class SqlStore:
         now: datetime,
         only: Mapping[Channel, Collection[str]] | None = None,
         rule: ports.RuleApplied | None = None,
+        inbox: Mapping[str | None, tuple[str, str]] | None = None,
     ) -> ports.Routed | None:
         only = only or {}
         async with self._write() as conn:
@@ -866,6 +891,8 @@ class SqlStore:
                 )
             )
             recipients = made.rowcount
+            if inbox:
+                await self._write_inbox_content(conn, tenant_id, notification_id, inbox)
             sent_on = 0
             to_topics = 0
             chosen_channels = list(dict.fromkeys(channels(spec)))
@@ -957,6 +984,36 @@ class SqlStore:
             deliveries=sent_on or 0,
             topic_sends=to_topics,
         )
+
+    async def _write_inbox_content(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        notification_id: str,
+        inbox: Mapping[str | None, tuple[str, str]],
+    ) -> None:
+        """The items' title and body rendered per recipient locale: one UPDATE per distinct
+        rendering, over the recipients whose locale is among those that rendered it."""
+        by_content: dict[tuple[str, str], list[str | None]] = {}
+        for locale, content in inbox.items():
+            by_content.setdefault(content, []).append(locale)
+        for (title, body), locales in by_content.items():
+            named = [loc for loc in locales if loc is not None]
+            matches = [users.c.locale.in_(named)] if named else []
+            if None in locales:
+                matches.append(users.c.locale.is_(None))
+            await conn.execute(
+                inbox_items.update()
+                .where(
+                    inbox_items.c.notification_id == notification_id,
+                    inbox_items.c.user_id.in_(
+                        sa.select(users.c.id).where(
+                            users.c.tenant_id == tenant_id, sa.or_(*matches)
+                        )
+                    ),
+                )
+                .values(title=title, body=body)
+            )
 
     async def _hold_for_quiet_hours(
         self, conn: AsyncConnection, tenant_id: str, notification_id: str, now: datetime
@@ -1992,7 +2049,7 @@ class SqlStore:
         """The items of claimed deliveries. Each notification is read (and its JSON parsed)
         once however many of its items the batch holds; routing writes a notification and its
         items in one transaction with one `created_at`, so the items' is the notification's."""
-        rows: list[tuple[int, str, str, str]] = []
+        rows: list[tuple[int, str, str, str, str | None, str | None]] = []
         for where in self._among(inbox_items.c.id, sorted(set(item_ids))):
             rows += (
                 await conn.execute(
@@ -2001,6 +2058,8 @@ class SqlStore:
                         inbox_items.c.notification_id,
                         inbox_items.c.status,
                         users.c.external_id,
+                        inbox_items.c.title,
+                        inbox_items.c.body,
                     )
                     .join(users, users.c.id == inbox_items.c.user_id)
                     .where(where)
@@ -2013,7 +2072,7 @@ class SqlStore:
             )
         }
         found: dict[int, InboxItem] = {}
-        for item_id, notification_id, status, user in rows:
+        for item_id, notification_id, status, user, title, body in rows:
             note = notes[notification_id]
             found[item_id] = InboxItem(
                 id=item_id,
@@ -2022,8 +2081,9 @@ class SqlStore:
                 user=user,
                 status=_STATUSES[status],
                 type=note.type,
-                title=note.title,
-                body=note.body,
+                # Rendered from the inbox templates at routing, else the notification's own.
+                title=note.title if title is None else title,
+                body=note.body if body is None else body,
                 data=note.data,
                 category=note.category,
                 group=note.group_key,
@@ -2753,8 +2813,9 @@ def _item_query() -> sa.Select[Any]:
         notifications.c.id.label("notification_id"),
         notifications.c.event_id,
         notifications.c.type,
-        notifications.c.title,
-        notifications.c.body,
+        # Rendered from the inbox templates at routing, else the notification's own.
+        sa.func.coalesce(inbox_items.c.title, notifications.c.title).label("title"),
+        sa.func.coalesce(inbox_items.c.body, notifications.c.body).label("body"),
         notifications.c.data,
         notifications.c.category,
         notifications.c.group_key,

@@ -275,6 +275,10 @@ inbox_items = sa.Table(
     # Copied from the notification (revision 0007): the expiry sweep walks a partial index of
     # the pending rows that expire, instead of every notification that ever had an expiry.
     sa.Column("expires_at", UtcDateTime),
+    # Rendered from the tenant's `inbox` templates in the recipient's locale at routing
+    # (revision 0012); null: the notification's own title and body.
+    sa.Column("title", sa.Text),
+    sa.Column("body", sa.Text),
     sa.UniqueConstraint("notification_id", "user_id"),
     sa.Index(
         "ix_inbox_items_expiring",
