@@ -124,10 +124,9 @@ async def tenant(server: Running) -> AsyncIterator[Tenant]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs three workers), the scale-out tests, which each
-    start a deployment of API and worker processes and load both cores for minutes, run one
-    after another on one worker; the other workers share the rest, most of which waits on
-    sockets and timers more than it computes."""
+    """Under pytest-xdist (`make test` runs two workers), the slow tests, which start
+    deployments of processes or time real outages and storms, run one after another on one
+    worker while the other worker runs the rest: they never load the machine twice over."""
     for item in items:
-        if item.get_closest_marker("slow") is not None and "tests/e2e/" in item.nodeid:
-            item.add_marker(pytest.mark.xdist_group("deployments"))
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("slow"))
