@@ -3,8 +3,15 @@ a delivery is inserted with."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clarion.adapters.storage.tables import deliveries, transitions
+from clarion.domain.statuses import Subject
 
 T = TypeVar("T")
 
@@ -35,3 +42,40 @@ def chunks(values: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
     """`values` in slices of at most `size`."""
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+async def insert_deliveries(
+    conn: AsyncConnection, insert: Callable[[sa.Table], Any], rows: sa.Select[Any]
+) -> list[int]:
+    """Insert the deliveries `rows` selects (`sql._delivery_rows`), skipping any that exists
+    already; the ids of those created. `insert` is the dialect's ``insert`` (for
+    ``ON CONFLICT``)."""
+    created = await conn.execute(
+        insert(deliveries)
+        .from_select(DELIVERY_COLUMNS, rows)
+        .on_conflict_do_nothing(
+            index_elements=["notification_id", "user_id", "channel", "endpoint"]
+        )
+        .returning(deliveries.c.id)
+    )
+    return list(created.scalars().all())
+
+
+async def audit_new_deliveries(
+    conn: AsyncConnection, ids: Sequence[int], cause: str, now: datetime
+) -> None:
+    """One audit entry per delivery just created (no source status), with `cause`."""
+    await conn.execute(
+        transitions.insert().from_select(
+            ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+            sa.select(
+                deliveries.c.tenant_id,
+                sa.literal(str(Subject.DELIVERY)),
+                deliveries.c.id,
+                sa.null(),
+                deliveries.c.status,
+                sa.literal(cause),
+                sa.literal(now, transitions.c.at.type),
+            ).where(deliveries.c.id.in_(ids)),
+        )
+    )

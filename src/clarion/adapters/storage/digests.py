@@ -21,18 +21,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clarion.adapters.storage.batching import DELIVERY_COLUMNS, chunks
+from clarion.adapters.storage.batching import audit_new_deliveries, chunks, insert_deliveries
 from clarion.adapters.storage.tables import (
-    deliveries,
     digest_entries,
     digests,
     inbox_items,
     notifications,
-    transitions,
     users,
 )
 from clarion.domain.channels import Channel
-from clarion.domain.statuses import UNREAD, Status, Subject
+from clarion.domain.statuses import UNREAD, Status
 
 DIGEST_CAUSE = "digest"
 """The audit cause of a digest's email delivery."""
@@ -185,37 +183,11 @@ async def fire_due(
                 group=r.group_key,
                 among=sa.select(sa.literal(r.user_id)),
             )
-            created = (
-                (
-                    await conn.execute(
-                        insert(deliveries)
-                        .from_select(DELIVERY_COLUMNS, rows_)
-                        .on_conflict_do_nothing(
-                            index_elements=["notification_id", "user_id", "channel", "endpoint"]
-                        )
-                        .returning(deliveries.c.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            created = await insert_deliveries(conn, insert, rows_)
             if created:
                 sent[digest_id] = created[0]
         if sent:
-            await conn.execute(
-                transitions.insert().from_select(
-                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
-                    sa.select(
-                        deliveries.c.tenant_id,
-                        sa.literal(str(Subject.DELIVERY)),
-                        deliveries.c.id,
-                        sa.null(),
-                        deliveries.c.status,
-                        sa.literal(DIGEST_CAUSE),
-                        sa.literal(now, _Stamp),
-                    ).where(deliveries.c.id.in_(sorted(sent.values()))),
-                )
-            )
+            await audit_new_deliveries(conn, sorted(sent.values()), DIGEST_CAUSE, now)
             await conn.execute(
                 digests.update()
                 .where(digests.c.id == sa.bindparam("b_id"))

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clarion.adapters.storage.batching import DELIVERY_COLUMNS, chunks
+from clarion.adapters.storage.batching import audit_new_deliveries, chunks, insert_deliveries
 from clarion.adapters.storage.tables import (
     deliveries,
     escalations,
@@ -247,20 +247,7 @@ async def _send_email(
                 group=r.group_key,
                 among=among,
             )
-            created = (
-                (
-                    await conn.execute(
-                        insert(deliveries)
-                        .from_select(DELIVERY_COLUMNS, rows)
-                        .on_conflict_do_nothing(
-                            index_elements=["notification_id", "user_id", "channel", "endpoint"]
-                        )
-                        .returning(deliveries.c.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            created = await insert_deliveries(conn, insert, rows)
             if not created:
                 continue
             if r.expires_at is not None:
@@ -269,20 +256,7 @@ async def _send_email(
                     .where(deliveries.c.id.in_(created))
                     .values(expires_at=r.expires_at)
                 )
-            await conn.execute(
-                transitions.insert().from_select(
-                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
-                    sa.select(
-                        deliveries.c.tenant_id,
-                        sa.literal(str(Subject.DELIVERY)),
-                        deliveries.c.id,
-                        sa.null(),
-                        deliveries.c.status,
-                        sa.literal(EMAIL_CAUSE),
-                        sa.literal(now, _Stamp),
-                    ).where(deliveries.c.id.in_(created)),
-                )
-            )
+            await audit_new_deliveries(conn, created, EMAIL_CAUSE, now)
 
 
 async def _audit(
