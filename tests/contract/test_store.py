@@ -122,6 +122,145 @@ async def test_concurrent_routing_of_one_event_routes_it_once(clarion: bootstrap
     assert report.recipients.total == 3
 
 
+async def _routing_of(app: bootstrap.Clarion, event_id: str) -> tuple[Any, ...]:
+    """What routing wrote for the event, by external ids: its recipients with their items'
+    status, its deliveries (user, channel, endpoint, status) and its audit entries."""
+    t = tables
+    async with app.store.engine.connect() as conn:
+        [nid] = (
+            await conn.scalars(
+                sa.select(t.notifications.c.id).where(t.notifications.c.event_id == event_id)
+            )
+        ).all()
+        items = await conn.execute(
+            sa.select(t.users.c.external_id, t.inbox_items.c.status)
+            .join(t.users, t.users.c.id == t.inbox_items.c.user_id)
+            .where(t.inbox_items.c.notification_id == nid)
+        )
+        sent = await conn.execute(
+            sa.select(
+                t.users.c.external_id,
+                t.deliveries.c.channel,
+                t.deliveries.c.endpoint != "",
+                t.deliveries.c.status,
+                t.deliveries.c.category,
+            )
+            .join(t.users, t.users.c.id == t.deliveries.c.user_id)
+            .where(t.deliveries.c.notification_id == nid)
+        )
+        audit = await conn.execute(
+            sa.select(
+                t.transitions.c.subject, t.transitions.c.target, t.transitions.c.tenant_id
+            ).where(
+                sa.or_(
+                    t.transitions.c.subject_id.in_(
+                        sa.select(t.inbox_items.c.id).where(t.inbox_items.c.notification_id == nid)
+                    )
+                    & (t.transitions.c.subject == "item"),
+                    t.transitions.c.subject_id.in_(
+                        sa.select(t.deliveries.c.id).where(t.deliveries.c.notification_id == nid)
+                    )
+                    & (t.transitions.c.subject == "delivery"),
+                )
+            )
+        )
+        return (
+            sorted(tuple(r) for r in items),
+            sorted(tuple(r) for r in sent),
+            sorted(tuple(r) for r in audit),
+        )
+
+
+async def test_a_batch_routes_each_event_as_routing_it_alone_would(
+    clarion: bootstrap.Clarion,
+) -> None:
+    one, two = await _tenant(clarion), await _tenant(clarion)
+    await _group(clarion, one, "town", ["mayor"], kind="community")
+    await _group(clarion, one, "red", ["ann", "bob"], community="town")
+    await _group(clarion, two, "red", ["zed", "ann"])
+    await _group(clarion, two, "nobody", [])
+    now = clarion.clock.now()
+    bob = await clarion.store.ensure_user(one, "bob", now)
+    await clarion.store.put_preferences(one, bob, "category", "news", {"*": False}, now)
+    await clarion.devices.register(
+        one, "ann", provider="apns", token="a" * 64, app_id=None, keys={}
+    )
+    shapes = [
+        (one, EventSpec(type="t", recipients=Recipients(users=("ann", "new-1")))),
+        (one, EventSpec(type="t", recipients=Recipients(communities=("town",)), category="news")),
+        (
+            one,
+            EventSpec(
+                type="t",
+                recipients=Recipients(users=("bob",), groups=("red",)),
+                channels=(Channel.WEBSOCKET, Channel.APNS),
+            ),
+        ),
+        (two, EventSpec(type="t", recipients=Recipients(groups=("red",)), category="news")),
+        (two, EventSpec(type="t", recipients=Recipients(users=("new-2", "zed")))),
+        (two, EventSpec(type="t", recipients=Recipients(groups=("nobody",)))),
+    ]
+    accepting = Accepting(
+        clarion.store, clarion.clock, max_recipients=10_000, channels=frozenset(Channel)
+    )
+    alone = [(await accepting.accept(tenant, spec)).id for tenant, spec in shapes]
+    together = [(await accepting.accept(tenant, spec)).id for tenant, spec in shapes]
+    for event_id in alone:
+        assert await clarion.routing.route(event_id) is not None
+    # In the batch: an event already routed, and one named twice, are routed once.
+    answers = await clarion.routing.route_many([alone[0], *together, together[1]])
+    assert answers[0] is None
+    assert answers[-1] is None
+    assert all(a is not None for a in answers[1:-1])
+    for by_itself, batched, answer in zip(alone, together, answers[1:-1], strict=True):
+        expected, got = await _routing_of(clarion, by_itself), await _routing_of(clarion, batched)
+        assert got == expected
+        assert answer is not None
+        assert (answer.recipients, answer.deliveries) == (len(got[0]), len(got[1]))
+    [apns] = [d for d in (await _routing_of(clarion, together[2]))[1] if d[1] == "apns"]
+    assert apns[0] == "ann"
+    # bob opted out of "news": the community event's delivery to him is suppressed.
+    news = {(d[0], d[3]) for d in (await _routing_of(clarion, together[1]))[1]}
+    assert news == {("ann", "pending"), ("bob", "suppressed"), ("mayor", "pending")}
+
+
+async def test_a_batch_larger_than_one_statement_routes_every_event(
+    clarion: bootstrap.Clarion,
+) -> None:
+    tenant = await _tenant(clarion)
+    ids = [
+        (
+            await clarion.accepting.accept(
+                tenant, EventSpec(type="t", recipients=Recipients(users=(f"u{n}", f"v{n % 3}")))
+            )
+        ).id
+        for n in range(130)
+    ]
+    answers = await clarion.routing.route_many(ids)
+    assert [(a.recipients, a.deliveries) if a else None for a in answers] == [(2, 2)] * 130
+    async with clarion.store.engine.connect() as conn:
+        audited = await conn.scalar(sa.select(sa.func.count()).select_from(tables.transitions))
+        states = set(await conn.scalars(sa.select(tables.events.c.state)))
+    assert audited == 130 * 4
+    assert states == {"routed"}
+
+
+async def test_overlapping_batches_route_each_event_once(clarion: bootstrap.Clarion) -> None:
+    tenant = await _tenant(clarion)
+    ids = [
+        (
+            await clarion.accepting.accept(
+                tenant, EventSpec(type="t", recipients=Recipients(users=(f"u{n % 7}", "all")))
+            )
+        ).id
+        for n in range(40)
+    ]
+    batches = [ids, ids[::-1], ids[10:30], ids[::2]]
+    results = await asyncio.gather(*(clarion.routing.route_many(b) for b in batches))
+    winners = [r.event_id for answers in results for r in answers if r is not None]
+    assert sorted(winners) == sorted(ids)
+
+
 async def test_routing_is_isolated_between_tenants(clarion: bootstrap.Clarion) -> None:
     one, two = await _tenant(clarion), await _tenant(clarion)
     await _group(clarion, one, "team", ["ann"])

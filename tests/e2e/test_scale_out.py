@@ -6,7 +6,7 @@ the machine's PostgreSQL, with Redis Streams or NATS JetStream as the bus.
   started again. Afterwards every recipient has exactly one APNs delivery, `sent`, none is left
   pending, and the emulator saw every token at least once and none more than twice.
 - **Broker restart**: a private redis-server / nats-server is killed and started again in the
-  middle of a stream of 500 events/s for 10 s (batches of 50 on POST /v1/events/batch) to 2
+  middle of a stream of 500 events/s for 30 s (batches of 50 on POST /v1/events/batch) to 2
   api processes (2 workers route them); the stream must reach at least 90% of that rate, and
   every event answered 202 is delivered, that is routed once, with its inbox item and its
   `websocket` delivery (the in-app inbox: no provider, so the machine's cores go to the API,
@@ -286,19 +286,15 @@ async def _until_query(
 # -- a broker restarted under a stream of events ------------------------------------------------
 
 RATE = 500  # events per second
-# The issue asks for 30 s at 500/s (15,000 events). The API takes that rate here (batches),
-# but two routers on this two-core machine route single-recipient events at a few dozen per
-# second, so 15,000 take longer than the suite can wait; the stream is 10 s (5,000 events)
-# until routing gets cheaper per event (see docs/benchmarks.md and the closing note).
-STREAM_SECONDS = 10.0
-RESTART_AT = 4.0  # seconds into the stream
+STREAM_SECONDS = 30.0  # 15,000 events
+RESTART_AT = 10.0  # seconds into the stream
 DOWN_FOR = 2.0
 REDELIVER_AFTER = "10"  # the relay's sweep: events unrouted this long are published again
-ROUTED_WITHIN = 300.0  # after the stream ends
+ROUTED_WITHIN = 240.0  # after the stream ends
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("bus", BUSES)
 async def test_a_broker_restart_under_load_loses_no_accepted_event(
     bus: str, postgres_url: str, tmp_path: Path

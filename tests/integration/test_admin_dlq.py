@@ -120,13 +120,13 @@ async def test_a_replayed_dead_letter_is_routed_exactly_once(sqlite_settings: Se
         await envelope.reject("routing failed")
 
         routed: list[Any] = []
-        route = clarion.routing.route
+        route_many = clarion.routing.route_many
 
-        async def counting(event: str) -> Any:
-            routed.append(event)
-            return await route(event)
+        async def counting(events: list[str]) -> Any:
+            routed.extend(events)
+            return await route_many(events)
 
-        clarion.routing.route = counting  # type: ignore[method-assign]
+        clarion.routing.route_many = counting  # type: ignore[method-assign]
         stop = asyncio.Event()
         routers = asyncio.create_task(
             run_routers(clarion.routing, clarion.bus, stop, concurrency=2)

@@ -86,11 +86,11 @@ class FlakyRouting:
         self.attempts = 0
         self.routed: list[str] = []
 
-    async def route(self, event_id: str) -> None:
+    async def route_many(self, event_ids: list[str]) -> None:
         self.attempts += 1
         if self.attempts <= self.down:
             raise errors.Unavailable("the database is unavailable; try again later")
-        self.routed.append(event_id)
+        self.routed.extend(event_ids)
 
 
 async def test_a_router_waits_for_the_database_and_then_routes_and_acknowledges(
@@ -120,11 +120,11 @@ async def test_a_router_gives_an_event_back_when_its_patience_runs_out_or_it_sto
     routing = FlakyRouting(down=10**6)
     stop = asyncio.Event()
     with pytest.raises(errors.Unavailable):
-        await routers._route(routing, "e1", stop)  # type: ignore[arg-type]
+        await routers._route(routing, ["e1"], stop)  # type: ignore[arg-type]
     attempts = routing.attempts
     assert 2 <= attempts < 20
     monkeypatch.setattr(routers, "UNAVAILABLE_PATIENCE", 3600.0)
     stop.set()
     with pytest.raises(errors.Unavailable):
-        await asyncio.wait_for(routers._route(routing, "e1", stop), 1)  # type: ignore[arg-type]
+        await asyncio.wait_for(routers._route(routing, ["e1"], stop), 1)  # type: ignore[arg-type]
     assert routing.attempts == attempts + 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from clarion.domain.channels import Channel
 from clarion.domain.notifications import EventSpec, InboxItem, JsonObject, StatusCounts
 from clarion.domain.outcomes import Outcome
 from clarion.domain.quiet_hours import QuietHours
@@ -104,6 +106,7 @@ class Routed:
     recipients: int
     deliveries: int
     topic_sends: int = 0
+    event_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,27 @@ class RuleApplied:
     digest_window: int | None = None
     digest_key: str = ""
     digest_channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    """What routing decided for one event before its write transaction.
+
+    Attributes:
+        event_id: the accepted event.
+        notification_id: the id its notification gets.
+        channels: the channels, in order; None: the event's own or the defaults.
+        only: per channel, the recipients (external ids) that alone get it (a rule chose them).
+        rule: the rule that decided the event, stored on its notification.
+        inbox: recipient locale (None: none) -> the item's rendered title and body.
+    """
+
+    event_id: str
+    notification_id: str
+    channels: tuple[Channel, ...] | None = None
+    only: Mapping[Channel, Collection[str]] = field(default_factory=dict)
+    rule: RuleApplied | None = None
+    inbox: Mapping[str | None, tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,7 +219,12 @@ def _worker_jobs(
         (
             "routers",
             run_routers(
-                clarion.routing, clarion.bus, stop, concurrency=clarion.settings.worker.concurrency
+                clarion.routing,
+                clarion.bus,
+                stop,
+                concurrency=clarion.settings.worker.concurrency,
+                batch=clarion.settings.worker.routing_batch,
+                linger=clarion.settings.worker.routing_linger_seconds,
             ),
         ),
         ("ingest", run_ingest(clarion.accepting, clarion.tenancy, clarion.bus, stop)),

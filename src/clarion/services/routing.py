@@ -6,15 +6,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from clarion.domain import errors, routing
 from clarion.domain.channels import Channel
-from clarion.domain.notifications import EventSpec
 from clarion.domain.records import StoredEvent
 from clarion.domain.templates import EmailTemplate, TemplateKey
-from clarion.services.ports import Bus, Clock, Routed, Store
+from clarion.services.ports import Bus, Clock, PlannedEvent, Routed, Store
 from clarion.services.ruling import Ruling
 from clarion.services.templates import Part, Renderer, choose_template
 
@@ -70,62 +69,62 @@ class Routing:
 
     async def route(self, event_id: str) -> Routed | None:
         """Route one event and tell the gateways; None if it was routed before or is unknown."""
+        [routed] = await self.route_many([event_id])
+        return routed
+
+    async def route_many(self, event_ids: Sequence[str]) -> list[Routed | None]:
+        """Route the events in one write transaction and tell the gateways: one answer per id,
+        in order, None for an event routed before, unknown, or named twice. A batch costs
+        about the statements of one event, so routers take the events the bus has ready
+        together (see `entrypoints.worker.routers`)."""
         if self._ruling is None and self._templates is None:
-            routed = await self._store.route_event(
-                event_id,
-                notification_id=str(uuid.uuid4()),
-                channels=routing.channels_for,
-                now=self._clock.now(),
-            )
+            plans = [PlannedEvent(event_id, str(uuid.uuid4())) for event_id in event_ids]
         else:
             # Rules and inbox content are decided before the routing transaction, so that
             # reading them (and the recipients' attributes or locales) holds no write lock.
-            event = await self._store.pending_event(event_id)
-            if event is None:
-                return None
-            tenant_id, spec = event.tenant_id, event.spec
-            channels: Callable[[EventSpec], Sequence[Channel]] = routing.channels_for
-            only = None
-            rule = None
-            if self._ruling is not None:
-                plan = await self._ruling.plan(
-                    tenant_id, spec, lambda: self._store.audience_attributes(tenant_id, spec)
-                )
-                chosen = plan.channels
-                channels = lambda _: chosen  # noqa: E731
-                only, rule = plan.only, plan.rule
-            inbox = await self._inbox_content(event)
-            routed = await self._store.route_event(
-                event_id,
-                notification_id=str(uuid.uuid4()),
-                channels=channels,
-                now=self._clock.now(),
-                only=only,
-                rule=rule,
-                inbox=inbox or None,
+            pending = await self._store.pending_events(event_ids)
+            plans = [await self._plan(event) for event in pending]
+        routed = await self._store.route_events(plans, now=self._clock.now())
+        by_event = {r.event_id: r for r in routed if r is not None}
+        # An id named twice is routed once: the first of them gets the answer.
+        answers = [by_event.pop(event_id, None) for event_id in event_ids]
+        for done in (r for r in answers if r is not None):
+            log.info(
+                "event routed",
+                extra={
+                    "action": "event_routed",
+                    "tenant": done.tenant_id,
+                    "event_id": done.event_id,
+                    "recipients": done.recipients,
+                    "deliveries": done.deliveries,
+                    "topic_sends": done.topic_sends,
+                },
             )
-        if routed is None:
-            return None
-        log.info(
-            "event routed",
-            extra={
-                "action": "event_routed",
-                "tenant": routed.tenant_id,
-                "event_id": event_id,
-                "recipients": routed.recipients,
-                "deliveries": routed.deliveries,
-                "topic_sends": routed.topic_sends,
-            },
+            await self._bus.broadcast(
+                REALTIME_CHANNEL,
+                {
+                    "kind": "routed",
+                    "tenant_id": done.tenant_id,
+                    "notification_id": done.notification_id,
+                },
+            )
+        return answers
+
+    async def _plan(self, event: StoredEvent) -> PlannedEvent:
+        """What the tenant's rules and inbox templates decide for the event."""
+        tenant_id, spec = event.tenant_id, event.spec
+        channels: tuple[Channel, ...] | None = None
+        only: Mapping[Channel, Collection[str]] = {}
+        rule = None
+        if self._ruling is not None:
+            plan = await self._ruling.plan(
+                tenant_id, spec, lambda: self._store.audience_attributes(tenant_id, spec)
+            )
+            channels, only, rule = tuple(plan.channels), plan.only or {}, plan.rule
+        inbox = await self._inbox_content(event)
+        return PlannedEvent(
+            event.id, str(uuid.uuid4()), channels, only=only, rule=rule, inbox=inbox or None
         )
-        await self._bus.broadcast(
-            REALTIME_CHANNEL,
-            {
-                "kind": "routed",
-                "tenant_id": routed.tenant_id,
-                "notification_id": routed.notification_id,
-            },
-        )
-        return routed
 
     async def _inbox_content(self, event: StoredEvent) -> InboxContent:
         """The event's inbox title and body per recipient locale, from the tenant's `inbox`

@@ -32,8 +32,9 @@ DEDUPE_WINDOW = 120.0
 MAX_LENGTH = 1_000_000
 # How long a blocked read waits for new messages before the consumer looks again at stuck ones.
 POLL_INTERVAL = 1.0
-# Messages a consumer takes from the broker per read.
-PREFETCH = 10
+# Messages a consumer takes from the broker per read: a router routes what one read brings
+# in one transaction (`worker.routing_batch`), so a read is about one batch.
+PREFETCH = 50
 # Reconnection backoff: quick after a blip; a restarted broker is found again within 2 s, and a
 # broker that is down sees one attempt per 2 s from each consumer.
 RECONNECT_BASE = 0.1

@@ -768,13 +768,18 @@ class SqlStore:
         return None if row is None else _stored_event(row)
 
     async def pending_event(self, event_id: str) -> ports.StoredEvent | None:
+        found = await self.pending_events([event_id])
+        return found[0] if found else None
+
+    async def pending_events(self, event_ids: Sequence[str]) -> list[ports.StoredEvent]:
+        found: list[ports.StoredEvent] = []
         async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(events).where(events.c.id == event_id, events.c.state == "accepted")
+            for chunk in _chunks(sorted(set(event_ids)), _CHUNK):
+                rows = await conn.execute(
+                    sa.select(events).where(events.c.id.in_(chunk), events.c.state == "accepted")
                 )
-            ).first()
-        return None if row is None else _stored_event(row)
+                found.extend(_stored_event(row) for row in rows)
+        return found
 
     async def audience_attributes(
         self, tenant_id: str, spec: EventSpec
@@ -823,7 +828,6 @@ class SqlStore:
         rule: ports.RuleApplied | None = None,
         inbox: Mapping[str | None, tuple[str, str]] | None = None,
     ) -> ports.Routed | None:
-        only = only or {}
         async with self._write() as conn:
             row = (
                 await conn.execute(self._locked(sa.select(events).where(events.c.id == event_id)))
@@ -831,133 +835,151 @@ class SqlStore:
             if row is None or row.state != "accepted":
                 return None
             event = _stored_event(row)
-            if event.send_at is not None and event.send_at > now:
-                return None  # a message that came early (a duplicate); the relay sends it on time
-            spec, tenant_id = event.spec, event.tenant_id
-            group = routing.group_of(spec)
-            await self._create_users(conn, tenant_id, spec.recipients.users, now)
-            if spec.category is not None:
+            plan = ports.PlannedEvent(
+                event_id,
+                notification_id,
+                tuple(channels(event.spec)),
+                only=only or {},
+                rule=rule,
+                inbox=inbox,
+            )
+            routed = await self._route_locked(conn, [(plan, event)], now)
+        return routed[0] if routed else None
+
+    async def route_events(
+        self, plans: Sequence[ports.PlannedEvent], *, now: datetime
+    ) -> list[ports.Routed | None]:
+        # Locked in id order, so that two routers with overlapping batches cannot deadlock.
+        wanted = sorted({plan.event_id for plan in plans})
+        async with self._write() as conn:
+            found: dict[str, Any] = {}
+            for chunk in _chunks(wanted, _CHUNK):
+                query = sa.select(events).where(events.c.id.in_(chunk)).order_by(events.c.id)
+                for row in await conn.execute(self._locked(query)):
+                    found[row.id] = row
+            todo: list[tuple[ports.PlannedEvent, ports.StoredEvent]] = []
+            first: set[int] = set()  # the plans routed: an event planned twice is routed once
+            for index, plan in enumerate(plans):
+                row = found.pop(plan.event_id, None)
+                if row is not None and row.state == "accepted":
+                    todo.append((plan, _stored_event(row)))
+                    first.add(index)
+            routed = {r.event_id: r for r in await self._route_locked(conn, todo, now)}
+        return [
+            routed.get(plan.event_id) if index in first else None
+            for index, plan in enumerate(plans)
+        ]
+
+    async def _route_locked(
+        self,
+        conn: AsyncConnection,
+        todo: Sequence[tuple[ports.PlannedEvent, ports.StoredEvent]],
+        now: datetime,
+    ) -> list[ports.Routed]:
+        """Route the events (locked, still `accepted`) in the open transaction: a fixed number
+        of statements for the whole batch where the work is alike (users, notifications, items,
+        deliveries, audit, state), one per event only for what an event alone asks for (inbox
+        renderings, topic sends, expiry, escalations, digests)."""
+        # An early message of a scheduled event (a duplicate): the relay sends it on time.
+        work = [
+            _Routing.of(plan, event, now)
+            for plan, event in todo
+            if event.send_at is None or event.send_at <= now
+        ]
+        if not work:
+            return []
+        by_tenant: dict[str, list[_Routing]] = {}
+        for w in work:
+            by_tenant.setdefault(w.tenant_id, []).append(w)
+        for tenant_id, mine in by_tenant.items():
+            named = sorted({u for w in mine for u in w.spec.recipients.users})
+            await self._create_users(conn, tenant_id, named, now)
+            kinds = sorted({w.spec.category for w in mine if w.spec.category is not None})
+            if kinds:
                 await conn.execute(
-                    self._insert(categories)
-                    .values(tenant_id=tenant_id, key=spec.category, created_at=now)
-                    .on_conflict_do_nothing(index_elements=["tenant_id", "key"])
-                )
-            # The event's own expiry, or the rule's TTL counted from now, whichever ends first.
-            expires_at = event.expires_at
-            if rule is not None and rule.ttl_seconds is not None:
-                by_rule = now + timedelta(seconds=rule.ttl_seconds)
-                expires_at = by_rule if expires_at is None else min(expires_at, by_rule)
-            await conn.execute(
-                notifications.insert().values(
-                    id=notification_id,
-                    tenant_id=tenant_id,
-                    event_id=event_id,
-                    type=spec.type,
-                    title=spec.title,
-                    body=spec.body,
-                    data=spec.data,
-                    category=spec.category,
-                    group_key=group,
-                    created_at=now,
-                    expires_at=expires_at,
-                    rule_key=None if rule is None else rule.rule_key,
-                    priority=spec.priority or (None if rule is None else rule.priority),
-                    push=spec.push or None,
-                    ttl_seconds=None if rule is None else rule.ttl_seconds,
-                    template_key=None if rule is None else rule.template_key,
-                )
-            )
-            audience = _audience(tenant_id, spec)
-            made = await conn.execute(
-                inbox_items.insert().from_select(
-                    [
-                        "tenant_id",
-                        "notification_id",
-                        "user_id",
-                        "status",
-                        "category",
-                        "group_key",
-                        "created_at",
-                    ],
-                    sa.select(
-                        sa.literal(tenant_id),
-                        sa.literal(notification_id),
-                        audience.c.user_id,
-                        sa.literal(str(Status.PENDING)),
-                        sa.literal(spec.category, Key),
-                        sa.literal(group, Key),
-                        sa.literal(now, UtcNow),
+                    self._insert(categories).on_conflict_do_nothing(
+                        index_elements=["tenant_id", "key"]
                     ),
+                    [{"tenant_id": tenant_id, "key": key, "created_at": now} for key in kinds],
                 )
-            )
-            recipients = made.rowcount
-            if inbox:
-                await self._write_inbox_content(conn, tenant_id, notification_id, inbox)
-            sent_on = 0
-            to_topics = 0
-            chosen_channels = list(dict.fromkeys(channels(spec)))
-            for channel in chosen_channels:
+        await conn.execute(notifications.insert(), [w.notification_row(now) for w in work])
+        recipients = await self._insert_union(
+            conn,
+            inbox_items,
+            _ITEM_COLUMNS,
+            [(w.notification_id, w.weight, w.item_rows(now)) for w in work],
+        )
+        for w in work:
+            if w.plan.inbox:
+                await self._write_inbox_content(conn, w.tenant_id, w.notification_id, w.plan.inbox)
+        parts: list[tuple[str, int, sa.Select[Any]]] = []
+        for w in work:
+            for channel in w.channels:
                 # Members of groups mapped to FCM topics hear of it through the topic send,
                 # unless a rule sends FCM to some recipients only: a topic reaches them all.
                 through_topics = None
-                if channel == Channel.FCM and channel not in only:
-                    to_topics = await topics.write_topic_sends(
-                        conn, tenant_id, notification_id, spec, now
+                if channel == Channel.FCM and channel not in w.plan.only:
+                    w.topic_sends = await topics.write_topic_sends(
+                        conn, w.tenant_id, w.notification_id, w.spec, now
                     )
-                    through_topics = topics.reached_through_topics(tenant_id, spec)
-                chosen: list[sa.Select[Any] | None] = [None]
-                if channel in only:
-                    chosen = [
-                        sa.select(users.c.id).where(
-                            users.c.tenant_id == tenant_id, users.c.external_id.in_(chunk)
-                        )
-                        for chunk in _chunks(sorted(only[channel]), _CHUNK)
-                    ]
-                for among in chosen:
-                    inserted = await conn.execute(
-                        deliveries.insert().from_select(
-                            DELIVERY_COLUMNS,
-                            _delivery_rows(
-                                tenant_id,
-                                notification_id,
-                                channel,
-                                now,
-                                category=spec.category,
-                                group=group,
-                                excluded=through_topics,
-                                among=among,
+                    through_topics = topics.reached_through_topics(w.tenant_id, w.spec)
+                among: list[tuple[int, sa.Select[Any] | None]] = [(0, None)]
+                if channel in w.plan.only:
+                    among = [
+                        (
+                            len(chunk),
+                            sa.select(users.c.id).where(
+                                users.c.tenant_id == w.tenant_id, users.c.external_id.in_(chunk)
                             ),
                         )
+                        for chunk in _chunks(sorted(w.plan.only[channel]), _CHUNK)
+                    ]
+                for size, chosen in among:
+                    rows = _delivery_rows(
+                        w.tenant_id,
+                        w.notification_id,
+                        channel,
+                        now,
+                        category=w.spec.category,
+                        group=w.group,
+                        excluded=through_topics,
+                        among=chosen,
                     )
-                    sent_on += inserted.rowcount
-            # An item none of whose deliveries may go out is suppressed as a whole.
-            await conn.execute(
-                inbox_items.update()
-                .where(
-                    inbox_items.c.notification_id == notification_id,
-                    ~sa.exists().where(
-                        deliveries.c.item_id == inbox_items.c.id,
-                        deliveries.c.status != str(Status.SUPPRESSED),
-                    ),
-                )
-                .values(status=str(Status.SUPPRESSED))
+                    parts.append((w.notification_id, w.weight + size, rows))
+        sent_on = await self._insert_union(conn, deliveries, DELIVERY_COLUMNS, parts)
+        ids = [w.notification_id for w in work]
+        # An item none of whose deliveries may go out is suppressed as a whole.
+        await conn.execute(
+            inbox_items.update()
+            .where(
+                inbox_items.c.notification_id.in_(ids),
+                ~sa.exists().where(
+                    deliveries.c.item_id == inbox_items.c.id,
+                    deliveries.c.status != str(Status.SUPPRESSED),
+                ),
             )
-            critical = (spec.priority or (None if rule is None else rule.priority)) == "critical"
-            if not critical and any(c in _HELD_CHANNELS for c in chosen_channels):
-                await self._hold_for_quiet_hours(conn, tenant_id, notification_id, now)
-            if expires_at is not None:
+            .values(status=str(Status.SUPPRESSED))
+        )
+        for tenant_id, mine in by_tenant.items():
+            held = [w.notification_id for w in mine if w.held]
+            if held:
+                await self._hold_for_quiet_hours(conn, tenant_id, held, now)
+        for w in work:
+            if w.expires_at is not None:
                 for table in (inbox_items, deliveries):
                     await conn.execute(
                         table.update()
-                        .where(table.c.notification_id == notification_id)
-                        .values(expires_at=expires_at)
+                        .where(table.c.notification_id == w.notification_id)
+                        .values(expires_at=w.expires_at)
                     )
-            await self._audit_creation(conn, tenant_id, notification_id, now)
+        await self._audit_creation(conn, ids, now)
+        for w in work:
+            rule = w.plan.rule
             if rule is not None and (rule.resend_push_after or rule.email_if_unread_after):
                 await escalations.write(
                     conn,
-                    tenant_id,
-                    notification_id,
+                    w.tenant_id,
+                    w.notification_id,
                     now,
                     resend_push_after=rule.resend_push_after,
                     email_if_unread_after=rule.email_if_unread_after,
@@ -965,8 +987,8 @@ class SqlStore:
             if rule is not None and rule.digest_window is not None:
                 await digests.write(
                     conn,
-                    tenant_id,
-                    notification_id,
+                    w.tenant_id,
+                    w.notification_id,
                     now,
                     rule_key=rule.rule_key,
                     key=rule.digest_key,
@@ -974,16 +996,54 @@ class SqlStore:
                     channels=rule.digest_channels,
                     insert=self._insert,
                 )
+        routed_ids = [w.plan.event_id for w in work]
+        for chunk in _chunks(routed_ids, _CHUNK):
             await conn.execute(
-                events.update().where(events.c.id == event_id).values(state="routed", routed_at=now)
+                events.update().where(events.c.id.in_(chunk)).values(state="routed", routed_at=now)
             )
-        return ports.Routed(
-            tenant_id=tenant_id,
-            notification_id=notification_id,
-            recipients=recipients or 0,
-            deliveries=sent_on or 0,
-            topic_sends=to_topics,
-        )
+        return [
+            ports.Routed(
+                tenant_id=w.tenant_id,
+                notification_id=w.notification_id,
+                recipients=recipients.get(w.notification_id, 0),
+                deliveries=sent_on.get(w.notification_id, 0),
+                topic_sends=w.topic_sends,
+                event_id=w.plan.event_id,
+            )
+            for w in work
+        ]
+
+    async def _insert_union(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        columns: list[str],
+        parts: Sequence[tuple[str, int, sa.Select[Any]]],
+    ) -> dict[str, int]:
+        """``INSERT INTO table ... SELECT`` of the parts (notification id, bound parameters it
+        carries, rows), as few statements as the parameter limits allow (each a ``UNION ALL``
+        of parts): a batch of small events costs a round trip, not one per event. Rows written
+        per notification id."""
+        written: dict[str, int] = {}
+        shared: set[str] = set()  # in a statement with other notifications: counted after
+        for group in _bounded(parts):
+            query = group[0][2] if len(group) == 1 else sa.union_all(*(p[2] for p in group))
+            result = await conn.execute(table.insert().from_select(columns, query))
+            names = {p[0] for p in group}
+            if len(names) == 1:
+                [name] = names
+                written[name] = written.get(name, 0) + (result.rowcount or 0)
+            else:
+                shared |= names
+        for chunk in _chunks(sorted(shared), _CHUNK):
+            written.update(dict.fromkeys(chunk, 0))
+            counted = await conn.execute(
+                sa.select(table.c.notification_id, sa.func.count())
+                .where(table.c.notification_id.in_(chunk))
+                .group_by(table.c.notification_id)
+            )
+            written.update((name, count) for name, count in counted)
+        return written
 
     async def _write_inbox_content(
         self,
@@ -1016,9 +1076,13 @@ class SqlStore:
             )
 
     async def _hold_for_quiet_hours(
-        self, conn: AsyncConnection, tenant_id: str, notification_id: str, now: datetime
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        notification_ids: Sequence[str],
+        now: datetime,
     ) -> None:
-        """Hold the notification's pending push and email deliveries of recipients inside
+        """Hold the notifications' pending push and email deliveries of recipients inside
         their quiet hours until the window ends: one read of the distinct (time zone, window)
         pairs among them, then one UPDATE per pair that is quiet now."""
         tenant = (
@@ -1030,7 +1094,7 @@ class SqlStore:
         ).one()
         held = [str(c) for c in _HELD_CHANNELS]
         pending = sa.and_(
-            deliveries.c.notification_id == notification_id,
+            deliveries.c.notification_id.in_(notification_ids),
             deliveries.c.channel.in_(held),
             deliveries.c.status == str(Status.PENDING),
         )
@@ -1055,7 +1119,7 @@ class SqlStore:
             await conn.execute(
                 deliveries.update()
                 .where(
-                    deliveries.c.notification_id == notification_id,
+                    deliveries.c.notification_id.in_(notification_ids),
                     deliveries.c.channel.in_(held),
                     deliveries.c.status == str(Status.PENDING),
                     deliveries.c.user_id.in_(
@@ -1071,27 +1135,28 @@ class SqlStore:
             )
 
     async def _audit_creation(
-        self, conn: AsyncConnection, tenant_id: str, notification_id: str, now: datetime
+        self, conn: AsyncConnection, notification_ids: Sequence[str], now: datetime
     ) -> None:
-        # One statement for both (a round trip saved per routed event): items, then deliveries.
-        parts = [
-            sa.select(
-                sa.literal(tenant_id),
-                sa.literal(str(subject)),
-                table.c.id,
-                sa.null(),
-                table.c.status,
-                sa.literal("routed"),
-                sa.literal(now, UtcNow),
-            ).where(table.c.notification_id == notification_id)
-            for subject, table in ((Subject.ITEM, inbox_items), (Subject.DELIVERY, deliveries))
-        ]
-        await conn.execute(
-            transitions.insert().from_select(
-                ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
-                sa.union_all(*parts),
+        # One statement for both (a round trip saved per routed batch): items, then deliveries.
+        for chunk in _chunks(notification_ids, _CHUNK):
+            parts = [
+                sa.select(
+                    table.c.tenant_id,
+                    sa.literal(str(subject)),
+                    table.c.id,
+                    sa.null(),
+                    table.c.status,
+                    sa.literal("routed"),
+                    sa.literal(now, UtcNow),
+                ).where(table.c.notification_id.in_(chunk))
+                for subject, table in ((Subject.ITEM, inbox_items), (Subject.DELIVERY, deliveries))
+            ]
+            await conn.execute(
+                transitions.insert().from_select(
+                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                    sa.union_all(*parts),
+                )
             )
-        )
 
     async def unrouted_events(self, *, accepted_before: datetime, limit: int) -> list[str]:
         async with self._read() as conn:
@@ -2711,6 +2776,117 @@ def _audience(tenant_id: str, spec: EventSpec) -> sa.Subquery:
     if not parts:
         return sa.select(users.c.id.label("user_id")).where(sa.false()).subquery()
     return sa.union(*parts).subquery()
+
+
+_ITEM_COLUMNS = [
+    "tenant_id",
+    "notification_id",
+    "user_id",
+    "status",
+    "category",
+    "group_key",
+    "created_at",
+]
+_UNION_PARAMETERS = 8_000
+"""Bound parameters per routing ``INSERT ... SELECT ... UNION ALL``: well under the drivers'
+limit (32,767), so that a batch of events is one statement, and a large one a few."""
+_UNION_TERMS = 50
+"""Parts per such statement (SQLite allows 500 terms in a compound SELECT)."""
+
+
+def _bounded(
+    parts: Sequence[tuple[str, int, sa.Select[Any]]],
+) -> Iterable[Sequence[tuple[str, int, sa.Select[Any]]]]:
+    """The parts in runs whose parameters and terms stay within the bounds above."""
+    run: list[tuple[str, int, sa.Select[Any]]] = []
+    weight = 0
+    for part in parts:
+        if run and (weight + part[1] > _UNION_PARAMETERS or len(run) == _UNION_TERMS):
+            yield run
+            run, weight = [], 0
+        run.append(part)
+        weight += part[1]
+    if run:
+        yield run
+
+
+@dataclass(slots=True)
+class _Routing:
+    """One event being routed in a batch: what its plan and the stored event decide."""
+
+    plan: ports.PlannedEvent
+    spec: EventSpec
+    tenant_id: str
+    group: str | None
+    channels: list[Channel]
+    expires_at: datetime | None
+    priority: str | None
+    weight: int  # bound parameters its item or delivery rows carry, roughly
+    topic_sends: int = 0
+
+    @classmethod
+    def of(cls, plan: ports.PlannedEvent, event: ports.StoredEvent, now: datetime) -> _Routing:
+        spec, rule = event.spec, plan.rule
+        # The event's own expiry, or the rule's TTL counted from now, whichever ends first.
+        expires_at = event.expires_at
+        if rule is not None and rule.ttl_seconds is not None:
+            by_rule = now + timedelta(seconds=rule.ttl_seconds)
+            expires_at = by_rule if expires_at is None else min(expires_at, by_rule)
+        chosen = plan.channels if plan.channels is not None else routing.channels_for(spec)
+        named = spec.recipients
+        return cls(
+            plan=plan,
+            spec=spec,
+            tenant_id=event.tenant_id,
+            group=routing.group_of(spec),
+            channels=list(dict.fromkeys(chosen)),
+            expires_at=expires_at,
+            priority=spec.priority or (None if rule is None else rule.priority),
+            weight=len(named.users) + len(named.groups) + 2 * len(named.communities) + 24,
+        )
+
+    @property
+    def notification_id(self) -> str:
+        return self.plan.notification_id
+
+    @property
+    def held(self) -> bool:
+        """Whether quiet hours may hold some of its deliveries (push or email, not critical)."""
+        return self.priority != "critical" and any(c in _HELD_CHANNELS for c in self.channels)
+
+    def notification_row(self, now: datetime) -> dict[str, Any]:
+        spec, rule = self.spec, self.plan.rule
+        return {
+            "id": self.notification_id,
+            "tenant_id": self.tenant_id,
+            "event_id": self.plan.event_id,
+            "type": spec.type,
+            "title": spec.title,
+            "body": spec.body,
+            "data": spec.data,
+            "category": spec.category,
+            "group_key": self.group,
+            "created_at": now,
+            "expires_at": self.expires_at,
+            "rule_key": None if rule is None else rule.rule_key,
+            "priority": self.priority,
+            "push": spec.push or None,
+            "ttl_seconds": None if rule is None else rule.ttl_seconds,
+            "template_key": None if rule is None else rule.template_key,
+        }
+
+    def item_rows(self, now: datetime) -> sa.Select[Any]:
+        """One pending inbox item per recipient (`INSERT INTO inbox_items ... SELECT`)."""
+        audience = _audience(self.tenant_id, self.spec)
+        return sa.select(
+            sa.literal(self.tenant_id),
+            sa.literal(self.notification_id),
+            audience.c.user_id,
+            sa.literal(str(Status.PENDING)),
+            sa.literal(self.spec.category, Key),
+            sa.literal(self.group, Key),
+            sa.literal(now, UtcNow),
+        )
 
 
 def _delivery_rows(

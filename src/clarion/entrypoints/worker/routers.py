@@ -1,10 +1,12 @@
-"""The routing consumer: takes accepted events off the bus and routes them."""
+"""The routing consumer: takes accepted events off the bus and routes them, in batches."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from clarion.domain import errors
 from clarion.domain.notifications import EVENTS_STREAM
@@ -24,57 +26,110 @@ UNAVAILABLE_BACKOFF = (0.2, 5.0)
 UNAVAILABLE_PATIENCE = 45.0
 
 
-async def run_routers(routing: Routing, bus: Bus, stop: asyncio.Event, *, concurrency: int) -> None:
-    """Route events from the bus, `concurrency` at a time, until `stop` is set.
+async def run_routers(
+    routing: Routing,
+    bus: Bus,
+    stop: asyncio.Event,
+    *,
+    concurrency: int,
+    batch: int = 50,
+    linger: float = 0.005,
+) -> None:
+    """Route events from the bus until `stop` is set: up to `batch` at a time in one
+    transaction (what the bus has ready, or brings within `linger` seconds of the first), and
+    `concurrency` batches at once.
 
     A message is acknowledged only after its event is routed (or found routed already); one
-    that fails stays owed and comes back through the bus or the relay's redelivery.
+    that fails stays owed and comes back through the bus or the relay's redelivery. A batch
+    that fails for a reason other than the database being away is tried again one event at a
+    time, so that one event that cannot be routed holds back no other.
     """
+    loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(concurrency)
     running: set[asyncio.Task[None]] = set()
 
-    async def handle(envelope: object) -> None:
+    async def handle(envelopes: list[Any]) -> None:
         try:
-            event_id = envelope.payload["event_id"]  # type: ignore[attr-defined]
-            await _route(routing, event_id, stop)
-            await envelope.ack()  # type: ignore[attr-defined]
-        except errors.Unavailable as exc:
-            log.warning(
-                "routing postponed; the event will be redelivered",
-                extra={"action": "routing_postponed", "error": exc.message},
-            )
-        except Exception:
-            log.exception("routing failed; the event will be redelivered")
+            if len(envelopes) == 1:
+                await _route_one(routing, envelopes[0], stop)
+                return
+            try:
+                ids = [envelope.payload["event_id"] for envelope in envelopes]
+                await _route(routing, ids, stop)
+            except errors.Unavailable as exc:
+                _postponed(exc)
+                return
+            except Exception:
+                log.exception("routing a batch failed; routing its events one by one")
+                for envelope in envelopes:
+                    await _route_one(routing, envelope, stop)
+                return
+            try:
+                await asyncio.gather(*(envelope.ack() for envelope in envelopes))
+            except Exception:
+                log.exception("acknowledging routed events failed; they will be redelivered")
         finally:
             slots.release()
 
     messages = bus.consume(EVENTS_STREAM, GROUP).__aiter__()
-    while not stop.is_set():
-        await slots.acquire()
-        next_message = asyncio.ensure_future(anext(messages))
-        stopping = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({next_message, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    waiting: asyncio.Future[Any] | None = None
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            await slots.acquire()
+            if waiting is None:
+                waiting = asyncio.ensure_future(anext(messages))
+            done, _ = await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting not in done:
+                slots.release()
+                break
+            held = [waiting.result()]
+            waiting = None
+            until = loop.time() + linger
+            while len(held) < batch:
+                waiting = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait({waiting}, timeout=max(until - loop.time(), 0.0))
+                if waiting not in done or waiting.exception() is not None:
+                    break  # kept for the next batch (or to raise there)
+                held.append(waiting.result())
+                waiting = None
+            task = asyncio.create_task(handle(held))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
         stopping.cancel()
-        if next_message not in done:
-            next_message.cancel()
-            slots.release()
-            break
-        task = asyncio.create_task(handle(next_message.result()))
-        running.add(task)
-        task.add_done_callback(running.discard)
-    if running:
-        await asyncio.wait(running)
+        if waiting is not None:
+            waiting.cancel()
+        if running:
+            await asyncio.wait(running)
 
 
-async def _route(routing: Routing, event_id: str, stop: asyncio.Event) -> None:
-    """Route one event, retrying while the database is unreachable (see UNAVAILABLE_PATIENCE);
-    gives up at once when stopping."""
+def _postponed(exc: errors.Unavailable) -> None:
+    log.warning(
+        "routing postponed; the events will be redelivered",
+        extra={"action": "routing_postponed", "error": exc.message},
+    )
+
+
+async def _route_one(routing: Routing, envelope: Any, stop: asyncio.Event) -> None:
+    try:
+        await _route(routing, [envelope.payload["event_id"]], stop)
+        await envelope.ack()
+    except errors.Unavailable as exc:
+        _postponed(exc)
+    except Exception:
+        log.exception("routing failed; the event will be redelivered")
+
+
+async def _route(routing: Routing, event_ids: Sequence[str], stop: asyncio.Event) -> None:
+    """Route the events, retrying while the database is unreachable (see
+    UNAVAILABLE_PATIENCE); gives up at once when stopping."""
     loop = asyncio.get_running_loop()
     delay, longest = UNAVAILABLE_BACKOFF
     deadline = loop.time() + UNAVAILABLE_PATIENCE
     while True:
         try:
-            await routing.route(event_id)
+            await routing.route_many(event_ids)
             return
         except errors.Unavailable:
             if stop.is_set() or loop.time() + delay > deadline:
