@@ -7,13 +7,20 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion import bootstrap
+from clarion.emulators.apns import ApnsEmulator
 from clarion.entrypoints.server import serve
 from clarion.services.ports import Clock
-from clarion.settings import Settings
+from clarion.settings import ApnsSettings, Settings
+
+APNS_TEAM, APNS_KID, APNS_TOPIC = "TEAM123456", "KEY1234567", "com.example.app"
 
 
 @dataclass
@@ -61,3 +68,59 @@ async def tenant_client(srv: Running) -> AsyncIterator[Tenant]:
         timeout=10,
     ) as http:
         yield Tenant(created.tenant_id, created.api_key, http)
+
+
+class MovableClock:
+    """The system clock, plus however far the test has moved it forward."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+@contextlib.asynccontextmanager
+async def apns_tenant(
+    settings: Settings, directory: Path, *, clock: Clock | None = None
+) -> AsyncIterator[tuple[Running, Tenant, ApnsEmulator]]:
+    """A running server with APNs on a fresh emulator (TLS, its certificate trusted), and a
+    tenant whose default APNs credential is a new token key the emulator knows."""
+    emulator = ApnsEmulator()
+    await emulator.start()
+    assert emulator.certificate_pem is not None
+    ca = directory / "emulator.pem"
+    ca.write_bytes(emulator.certificate_pem)
+    settings = settings.model_copy(
+        update={
+            "apns": ApnsSettings(enabled=True, host="127.0.0.1", port=emulator.port, ca_file=ca)
+        }
+    )
+    try:
+        async with running(settings, clock=clock) as srv, tenant_client(srv) as t:
+            key = ec.generate_private_key(ec.SECP256R1())
+            public = key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            emulator.register_key(APNS_TEAM, APNS_KID, public.decode())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+            await srv.clarion.credentials.put_apns(
+                t.id,
+                "main",
+                auth="token",
+                topic=APNS_TOPIC,
+                environment="sandbox",
+                private_key=pem,
+                key_id=APNS_KID,
+                team_id=APNS_TEAM,
+            )
+            yield srv, t, emulator
+    finally:
+        await emulator.stop()

@@ -10,34 +10,17 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import websockets
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.emulators.apns import ApnsEmulator
-from clarion.settings import ApnsSettings, Settings
-from tests.support import Running, Tenant, running, tenant_client
-
-TEAM, KID, TOPIC = "TEAM123456", "KEY1234567", "com.example.app"
-
-
-class MovableClock:
-    """The system clock, plus however far the test has moved it forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
+from clarion.settings import Settings
+from tests.support import MovableClock, Running, Tenant, apns_tenant
 
 
 @dataclass
@@ -76,42 +59,9 @@ class Setup:
 
 @pytest.fixture
 async def setup(settings: Settings, tmp_path: Path) -> AsyncIterator[Setup]:
-    emulator = ApnsEmulator()
-    await emulator.start()
-    assert emulator.certificate_pem is not None
-    ca = tmp_path / "emulator.pem"
-    ca.write_bytes(emulator.certificate_pem)
-    settings = settings.model_copy(
-        update={
-            "apns": ApnsSettings(enabled=True, host="127.0.0.1", port=emulator.port, ca_file=ca)
-        }
-    )
     clock = MovableClock()
-    try:
-        async with running(settings, clock=clock) as srv, tenant_client(srv) as t:
-            key = ec.generate_private_key(ec.SECP256R1())
-            public = key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            emulator.register_key(TEAM, KID, public.decode())
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-            await srv.clarion.credentials.put_apns(
-                t.id,
-                "main",
-                auth="token",
-                topic=TOPIC,
-                environment="sandbox",
-                private_key=pem,
-                key_id=KID,
-                team_id=TEAM,
-            )
-            yield Setup(srv, t, clock, emulator)
-    finally:
-        await emulator.stop()
+    async with apns_tenant(settings, tmp_path, clock=clock) as (srv, t, emulator):
+        yield Setup(srv, t, clock, emulator)
 
 
 async def _until(

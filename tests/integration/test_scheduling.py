@@ -10,32 +10,17 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.domain import retrying
 from clarion.emulators.apns import ApnsEmulator
-from clarion.settings import ApnsSettings, Settings
-from tests.support import Running, Tenant, running, tenant_client
-
-
-class MovableClock:
-    """The system clock, plus however far the test has moved it forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
+from clarion.settings import Settings
+from tests.support import MovableClock, Running, Tenant, apns_tenant, running, tenant_client
 
 
 @dataclass
@@ -216,54 +201,18 @@ async def test_the_expiry_sweep_runs_in_the_worker(setup: Setup) -> None:
     )
 
 
-TEAM, KID, TOPIC = "TEAM123456", "KEY1234567", "com.example.app"
-
-
 @pytest.fixture
 async def apns(
     sqlite_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Setup, ApnsEmulator]]:
     monkeypatch.setattr(retrying, "BASE_DELAY_SECONDS", 0.2)
     monkeypatch.setattr(retrying, "MAX_DELAY_SECONDS", 0.5)
-    emulator = ApnsEmulator()
-    await emulator.start()
-    assert emulator.certificate_pem is not None
-    ca = tmp_path / "emulator.pem"
-    ca.write_bytes(emulator.certificate_pem)
-    settings = sqlite_settings.model_copy(
-        update={
-            "apns": ApnsSettings(enabled=True, host="127.0.0.1", port=emulator.port, ca_file=ca)
-        }
-    )
     clock = MovableClock()
-    try:
-        async with running(settings, clock=clock) as srv, tenant_client(srv) as t:
-            key = ec.generate_private_key(ec.SECP256R1())
-            public = key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            emulator.register_key(TEAM, KID, public.decode())
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-            await srv.clarion.credentials.put_apns(
-                t.id,
-                "main",
-                auth="token",
-                topic=TOPIC,
-                environment="sandbox",
-                private_key=pem,
-                key_id=KID,
-                team_id=TEAM,
-            )
-            await srv.clarion.devices.register(
-                t.id, "a", provider="apns", token="ab" * 32, app_id=None, keys={}
-            )
-            yield Setup(srv, t, clock), emulator
-    finally:
-        await emulator.stop()
+    async with apns_tenant(sqlite_settings, tmp_path, clock=clock) as (srv, t, emulator):
+        await srv.clarion.devices.register(
+            t.id, "a", provider="apns", token="ab" * 32, app_id=None, keys={}
+        )
+        yield Setup(srv, t, clock), emulator
 
 
 async def test_a_push_carries_the_expiry_and_is_expired_instead_of_retried_forever(
