@@ -88,6 +88,7 @@ from clarion.domain.statuses import Status
 from clarion.entrypoints.server import serve
 from clarion.services.delivering import Delivering
 from clarion.settings import ApnsSettings, Settings, WorkerSettings
+from common import median_of  # bench/ is first on sys.path
 
 TEAM = "TEAM123456"
 KID = "KEY1234567"
@@ -738,27 +739,6 @@ def row(p: Phase) -> str:
         f"| {p.per_s:>12,.0f} | {_opt(p.routed_s):>8} | {_opt(p.first_sent_s):>7} "
         f"| {p.cpu_s:>5.1f} | {p.per_cpu_s:>9,.0f} | {p.emulator_cpu_s:>9.1f} "
         f"| {p.machine_cpu_s:>13.1f} |"
-    )
-
-
-def median_of(phases: list[Phase]) -> Phase:
-    def med(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return statistics.median(known) if known else None
-
-    first = phases[0]
-    return Phase(
-        phase=first.phase,
-        database=first.database,
-        deliveries=first.deliveries,
-        batch=first.batch,
-        concurrency=first.concurrency,
-        wall_s=statistics.median(p.wall_s for p in phases),
-        cpu_s=statistics.median(p.cpu_s for p in phases),
-        emulator_cpu_s=statistics.median(p.emulator_cpu_s for p in phases),
-        machine_cpu_s=statistics.median(p.machine_cpu_s for p in phases),
-        routed_s=med([p.routed_s for p in phases]),
-        first_sent_s=med([p.first_sent_s for p in phases]),
     )
 
 

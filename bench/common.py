@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+Record = TypeVar("Record")
 
 CLIENT_CPU = 0
 EMULATOR_CPU = 1
@@ -101,3 +105,20 @@ class EmulatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def median_of(records: list[Record]) -> Record:
+    """One record of the dataclass type of `records` whose every numeric field is the median
+    of theirs (the values known: None where none is); fields equal in all of them (the run's
+    settings) and fields that are not numbers are taken from the first."""
+    first = records[0]
+    merged: dict[str, Any] = {}
+    for f in dataclasses.fields(first):  # type: ignore[arg-type]
+        values = [getattr(r, f.name) for r in records]
+        known = [v for v in values if v is not None]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in known)
+        if all(v == values[0] for v in values) or not numeric:
+            merged[f.name] = values[0]
+        else:
+            merged[f.name] = statistics.median(known) if known else None
+    return dataclasses.replace(first, **merged)  # type: ignore[type-var]

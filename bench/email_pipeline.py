@@ -98,7 +98,7 @@ from clarion.services.templates import Renderer
 from clarion.settings import EmailSettings, Settings, WorkerSettings
 from clarion.wire import email as wire
 from clarion.wire.webhooks import parse_networks
-from common import EMULATOR_CPU, EmulatorProcess, pin_client
+from common import EMULATOR_CPU, EmulatorProcess, median_of, pin_client
 
 GROUP = "everyone"
 CREDENTIAL = "relay"
@@ -719,27 +719,6 @@ def row(p: Phase) -> str:
         f"| {p.per_s:>10,.0f} | {_opt(p.routed_s):>8} | {_opt(p.first_sent_s):>7} "
         f"| {p.cpu_s:>5.1f} | {p.us_per_message:>10,.0f} | {p.emulator_cpu_s:>9.1f} "
         f"| {p.machine_cpu_s:>13.1f} | {_opt(p.sessions, 0):>8} | {_opt(p.connections, 0):>9} |"
-    )
-
-
-def median_of(phases: list[Phase]) -> Phase:
-    def med(values: list[Any]) -> Any:
-        known = [v for v in values if v is not None]
-        return statistics.median(known) if known else None
-
-    first = phases[0]
-    return Phase(
-        phase=first.phase,
-        database=first.database,
-        messages=first.messages,
-        wall_s=statistics.median(p.wall_s for p in phases),
-        cpu_s=statistics.median(p.cpu_s for p in phases),
-        emulator_cpu_s=statistics.median(p.emulator_cpu_s for p in phases),
-        machine_cpu_s=statistics.median(p.machine_cpu_s for p in phases),
-        sessions=med([p.sessions for p in phases]),
-        connections=med([p.connections for p in phases]),
-        routed_s=med([p.routed_s for p in phases]),
-        first_sent_s=med([p.first_sent_s for p in phases]),
     )
 
 
