@@ -7,7 +7,7 @@ do it set-based (``INSERT ... SELECT``, ``UPDATE ... WHERE id IN``), never a row
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -281,41 +281,23 @@ class Store(Protocol):
         """The event, or None."""
         ...
 
-    async def route_event(
-        self,
-        event_id: str,
-        *,
-        notification_id: str,
-        channels: Callable[[EventSpec], Sequence[Channel]],
-        now: datetime,
-        only: Mapping[Channel, Collection[str]] | None = None,
-        rule: RuleApplied | None = None,
-        inbox: Mapping[str | None, tuple[str, str]] | None = None,
-    ) -> Routed | None:
-        """Expand the recipients, create unknown users, and write the notification, one inbox
-        item per recipient and one delivery per recipient and channel, all set-based in one
-        transaction. `channels` picks the channels from the stored event; a channel in `only`
-        goes to the recipients (external ids) listed there alone. `rule` is stored on the
-        notification. `inbox` maps a recipient locale (None: no locale) to the item's title
-        and body rendered for it; recipients whose locale it lacks keep the notification's.
-        None when the event is unknown or was routed before."""
-        ...
-
     async def route_events(
         self, plans: Sequence[PlannedEvent], *, now: datetime
     ) -> list[Routed | None]:
-        """Route several events in one transaction, as `route_event` routes one, with a fixed
-        number of statements for what the events share. One answer per plan, in order: None
-        for an event unknown, routed before, not yet due (`send_at`), or planned twice."""
+        """Route several events in one transaction: for each, expand the recipients, create
+        unknown users, and write the notification, one inbox item per recipient and one
+        delivery per recipient and channel, set-based, with a fixed number of statements for
+        what the events share. A plan's `channels` (None: the event's own or the defaults) pick
+        the channels; a channel in `only` goes to the recipients (external ids) listed there
+        alone; `rule` is stored on the notification; `inbox` maps a recipient locale (None: no
+        locale) to the item's title and body rendered for it (recipients whose locale it lacks
+        keep the notification's). One answer per plan, in order: None for an event unknown,
+        routed before, not yet due (`send_at`), or planned twice."""
         ...
 
     async def audience_locales(self, tenant_id: str, spec: EventSpec) -> set[str | None]:
         """The distinct locales of the users the event reaches; None among them when one has
         no locale (or is a named user routing will create)."""
-        ...
-
-    async def pending_event(self, event_id: str) -> StoredEvent | None:
-        """The event while it waits to be routed (state ``accepted``), or None."""
         ...
 
     async def pending_events(self, event_ids: Sequence[str]) -> list[StoredEvent]:

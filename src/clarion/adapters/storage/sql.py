@@ -9,7 +9,7 @@ their audit entries in the same transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -767,10 +767,6 @@ class SqlStore:
             ).first()
         return None if row is None else _stored_event(row)
 
-    async def pending_event(self, event_id: str) -> ports.StoredEvent | None:
-        found = await self.pending_events([event_id])
-        return found[0] if found else None
-
     async def pending_events(self, event_ids: Sequence[str]) -> list[ports.StoredEvent]:
         found: list[ports.StoredEvent] = []
         async with self._read() as conn:
@@ -816,35 +812,6 @@ class SqlStore:
         if existing < len(named):
             found.add(None)  # named users routing will create have no locale yet
         return found
-
-    async def route_event(
-        self,
-        event_id: str,
-        *,
-        notification_id: str,
-        channels: Callable[[EventSpec], Sequence[Channel]],
-        now: datetime,
-        only: Mapping[Channel, Collection[str]] | None = None,
-        rule: ports.RuleApplied | None = None,
-        inbox: Mapping[str | None, tuple[str, str]] | None = None,
-    ) -> ports.Routed | None:
-        async with self._write() as conn:
-            row = (
-                await conn.execute(self._locked(sa.select(events).where(events.c.id == event_id)))
-            ).first()
-            if row is None or row.state != "accepted":
-                return None
-            event = _stored_event(row)
-            plan = ports.PlannedEvent(
-                event_id,
-                notification_id,
-                tuple(channels(event.spec)),
-                only=only or {},
-                rule=rule,
-                inbox=inbox,
-            )
-            routed = await self._route_locked(conn, [(plan, event)], now)
-        return routed[0] if routed else None
 
     async def route_events(
         self, plans: Sequence[ports.PlannedEvent], *, now: datetime
