@@ -214,6 +214,20 @@ async def test_a_consumer_gets_the_stream_in_publish_order(make_bus: MakeBus) ->
     assert got == list(range(30))
 
 
+async def test_a_burst_of_acknowledgements_all_land(make_bus: MakeBus) -> None:
+    # A router acknowledges its batches at once: several hundred in flight must wait for a
+    # connection, not fail (redis-py's default pool raised "Too many connections" past 100).
+    bus = make_bus()
+    stream = _name("s")
+    await asyncio.gather(*(bus.publish(stream, {"n": n}) for n in range(300)))
+    messages = bus.consume(stream, "g").__aiter__()
+    held = [await _next(messages) for _ in range(300)]
+    await asyncio.gather(*(envelope.ack() for envelope in held))
+    assert sorted(e.payload["n"] for e in held) == list(range(300))
+    with pytest.raises(TimeoutError):
+        await _next(messages, timeout=1.5)  # all acknowledged: nothing comes back
+
+
 async def test_a_group_made_after_publishing_starts_from_the_oldest_message(
     make_bus: MakeBus,
 ) -> None:

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -69,6 +69,9 @@ PREFIX = "clarion"  # every key and channel starts with it, so one Redis can ser
 # A consumer that has held nothing and done nothing for this long belongs to a process that is
 # gone (live consumers read every poll interval); it is removed from the group's listing.
 STALE_CONSUMER_MS = 3_600_000
+# Connections per process: blocked reads (one per consumer), pub/sub, and bursts of commands
+# (a batch's acknowledgements, the relay's publishes), which wait for one past this.
+MAX_CONNECTIONS = 64
 
 # XADD unless the message id was published within the window (KEYS: stream, marker; ARGV:
 # payload, max length, window in ms). The marker is set after the XADD succeeds, so a failed
@@ -153,8 +156,13 @@ class RedisStreamsBus:
         self._prefetch = prefetch
         self._reconnect = (reconnect_base, reconnect_max)
         self._timeout = command_timeout
-        self._redis = Redis.from_url(
+        # A pool that makes a command wait for a free connection rather than fail: a router
+        # acknowledges a whole batch at once, and redis-py's default pool raises "Too many
+        # connections" past its limit instead of queueing.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=command_timeout,
             protocol=2,
             client_name=self.name,
             socket_connect_timeout=command_timeout,
@@ -164,7 +172,9 @@ class RedisStreamsBus:
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
             health_check_interval=max(1, int(command_timeout)),
         )
-        kwargs = self._redis.connection_pool.connection_kwargs
+        self._redis = Redis(connection_pool=pool)
+        self._redis.auto_close_connection_pool = True  # aclose() disconnects the pool too
+        kwargs = pool.connection_kwargs
         self._where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
         self._publish_once = self._redis.register_script(PUBLISH_ONCE)
         self._consumers: set[tuple[str, str, str]] = set()
