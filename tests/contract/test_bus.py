@@ -228,6 +228,25 @@ async def test_a_burst_of_acknowledgements_all_land(make_bus: MakeBus) -> None:
         await _next(messages, timeout=1.5)  # all acknowledged: nothing comes back
 
 
+async def test_acknowledging_many_at_once_settles_each_of_them(make_bus: MakeBus) -> None:
+    bus = make_bus()
+    stream = _name("s")
+    for n in range(120):
+        await bus.publish(stream, {"n": n})
+    messages = bus.consume(stream, "g").__aiter__()
+    held = [await _next(messages) for _ in range(120)]
+    await bus.acknowledge(held[:100])  # the last 20 stay owed
+    await bus.acknowledge([])
+    back = []
+    for _ in range(20):
+        again = await _next(messages, timeout=WAIT + VISIBILITY)
+        back.append((again.payload["n"], again.deliveries))
+        await again.ack()
+    assert sorted(back) == [(n, 2) for n in range(100, 120)]
+    with pytest.raises(TimeoutError):
+        await _next(messages, timeout=2 * VISIBILITY)  # the 100 acknowledged never come back
+
+
 async def test_a_group_made_after_publishing_starts_from_the_oldest_message(
     make_bus: MakeBus,
 ) -> None:

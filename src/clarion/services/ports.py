@@ -650,6 +650,15 @@ class Bus(Protocol):
         """The stream's messages for this consumer group, forever. Survives broker restarts."""
         ...
 
+    async def acknowledge(self, envelopes: Sequence[Envelope]) -> None:
+        """`Envelope.ack` for several messages this bus handed out, in as few round trips to
+        the broker as it allows (one per stream and group on Redis).
+
+        Raises:
+            errors.Unavailable: the broker is unreachable; the messages stay owed.
+        """
+        ...
+
     async def broadcast(self, channel: str, payload: JsonObject) -> None:
         """Tell every listener of `channel`.
 

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +28,7 @@ from clarion.adapters.bus.messages import (
     DEDUPE_WINDOW,
     MAX_DELIVERIES,
     VISIBILITY_TIMEOUT,
+    Acknowledgeable,
     StoredDeadLetter,
     check_channel,
     check_group,
@@ -216,6 +217,11 @@ class MemoryBus:
             if target.is_duplicate(message_id, now, self._dedupe_window):
                 return
         target.append(payload)
+
+    async def acknowledge(self, envelopes: Sequence[Acknowledgeable]) -> None:
+        """Forget each message for its group (no broker: nothing to save by batching)."""
+        for envelope in envelopes:
+            await envelope.ack()
 
     async def consume(self, stream: str, group: str) -> AsyncIterator[MemoryEnvelope]:
         """Take messages of `stream` for `group`; its consumers share them."""

@@ -13,7 +13,14 @@ import random
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
+
+
+class Acknowledgeable(Protocol):
+    """A message handed out by a bus, as `acknowledge` takes it (`services.ports.Envelope`)."""
+
+    async def ack(self) -> None: ...
+
 
 # How long a consumer may hold a message without acknowledging it before it is given to another
 # consumer. Longer than any one routing run (a 100,000-recipient fan-out is a few seconds), short

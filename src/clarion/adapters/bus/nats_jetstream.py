@@ -32,7 +32,7 @@ import re
 import secrets
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -64,6 +64,7 @@ from clarion.adapters.bus.messages import (
     RECONNECT_BASE,
     RECONNECT_MAX,
     VISIBILITY_TIMEOUT,
+    Acknowledgeable,
     Backoff,
     StoredDeadLetter,
     check_channel,
@@ -301,6 +302,11 @@ class NatsJetStreamBus:
                     self._unavailable(exc)
             except (nats.errors.Error, OSError) as exc:
                 self._unavailable(exc)
+
+    async def acknowledge(self, envelopes: Sequence[Acknowledgeable]) -> None:
+        """Acknowledge each message; JetStream has no multi-message ack, but the acks share
+        the one connection, so they go out together and are confirmed together."""
+        await asyncio.gather(*(envelope.ack() for envelope in envelopes))
 
     async def consume(self, stream: str, group: str) -> AsyncIterator[NatsEnvelope]:
         """Fetch from the group's durable consumer, until the bus is closed."""

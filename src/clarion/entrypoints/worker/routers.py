@@ -65,7 +65,7 @@ async def run_routers(
                     await _route_one(routing, envelope, stop)
                 return
             try:
-                await asyncio.gather(*(envelope.ack() for envelope in envelopes))
+                await bus.acknowledge(envelopes)
             except Exception:
                 log.exception("acknowledging routed events failed; they will be redelivered")
         finally:
