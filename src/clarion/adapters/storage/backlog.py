@@ -37,7 +37,7 @@ class SqlBacklog:
             sa.select(outbox.c.id)
             .where(
                 outbox.c.published_at.is_(None),
-                sa.or_(outbox.c.available_at.is_(None), outbox.c.available_at <= self._now()),
+                outbox.c.available_at <= self._now(),
             )
             .limit(up_to)
             .subquery()

@@ -1170,13 +1170,14 @@ class SqlStore:
     ) -> list[ports.OutboxEntry]:
         due: sa.ColumnElement[bool] = sa.true()
         if now is not None:
-            # Entries scheduled for later wait; they never hold up the due ones behind them.
-            due = sa.or_(outbox.c.available_at.is_(None), outbox.c.available_at <= now)
+            # Entries scheduled for later wait; they never hold up the due ones behind them,
+            # and the index (published_at, available_at, id) ends the scan at the first of them.
+            due = outbox.c.available_at <= now
         async with self._read() as conn:
             rows = await conn.execute(
                 sa.select(outbox.c.id, outbox.c.topic, outbox.c.payload)
                 .where(outbox.c.published_at.is_(None), due)
-                .order_by(outbox.c.id)
+                .order_by(outbox.c.available_at, outbox.c.id)
                 .limit(limit)
             )
             return [ports.OutboxEntry(id=r.id, topic=r.topic, payload=r.payload) for r in rows]

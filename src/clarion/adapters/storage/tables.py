@@ -217,9 +217,10 @@ outbox = sa.Table(
     sa.Column("payload", Json, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("published_at", UtcDateTime),
-    # Not published before this (a scheduled event's send_at); null: at once (revision 0007).
-    sa.Column("available_at", UtcDateTime),
-    sa.Index(None, "published_at", "id"),
+    # Not published before this: a scheduled event's send_at, else when it was accepted
+    # (revision 0007; never null since 0013). The relay takes due entries in this order.
+    sa.Column("available_at", UtcDateTime, nullable=False),
+    sa.Index(None, "published_at", "available_at", "id"),
 )
 
 notifications = sa.Table(
