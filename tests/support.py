@@ -83,6 +83,45 @@ class MovableClock:
         self.offset += timedelta(seconds=seconds)
 
 
+def with_apns(settings: Settings, emulator: ApnsEmulator, directory: Path) -> Settings:
+    """`settings` with APNs on the (started) emulator, its certificate trusted as the CA."""
+    assert emulator.certificate_pem is not None
+    ca = directory / "apns-emulator.pem"
+    ca.write_bytes(emulator.certificate_pem)
+    return settings.model_copy(
+        update={
+            "apns": ApnsSettings(enabled=True, host="127.0.0.1", port=emulator.port, ca_file=ca)
+        }
+    )
+
+
+def apns_key(emulator: ApnsEmulator) -> str:
+    """A new P-256 token key, registered with the emulator for APNS_TEAM / APNS_KID; its
+    private PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    emulator.register_key(APNS_TEAM, APNS_KID, public.decode())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+async def put_apns_credential(clarion: bootstrap.Clarion, tenant_id: str, pem: str) -> None:
+    """The tenant's default APNs credential ("main"): token auth with the key `pem`."""
+    await clarion.credentials.put_apns(
+        tenant_id,
+        "main",
+        auth="token",
+        topic=APNS_TOPIC,
+        environment="sandbox",
+        private_key=pem,
+        key_id=APNS_KID,
+        team_id=APNS_TEAM,
+    )
+
+
 @contextlib.asynccontextmanager
 async def apns_tenant(
     settings: Settings, directory: Path, *, clock: Clock | None = None
@@ -91,36 +130,10 @@ async def apns_tenant(
     tenant whose default APNs credential is a new token key the emulator knows."""
     emulator = ApnsEmulator()
     await emulator.start()
-    assert emulator.certificate_pem is not None
-    ca = directory / "emulator.pem"
-    ca.write_bytes(emulator.certificate_pem)
-    settings = settings.model_copy(
-        update={
-            "apns": ApnsSettings(enabled=True, host="127.0.0.1", port=emulator.port, ca_file=ca)
-        }
-    )
     try:
+        settings = with_apns(settings, emulator, directory)
         async with running(settings, clock=clock) as srv, tenant_client(srv) as t:
-            key = ec.generate_private_key(ec.SECP256R1())
-            public = key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            emulator.register_key(APNS_TEAM, APNS_KID, public.decode())
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-            await srv.clarion.credentials.put_apns(
-                t.id,
-                "main",
-                auth="token",
-                topic=APNS_TOPIC,
-                environment="sandbox",
-                private_key=pem,
-                key_id=APNS_KID,
-                team_id=APNS_TEAM,
-            )
+            await put_apns_credential(srv.clarion, t.id, apns_key(emulator))
             yield srv, t, emulator
     finally:
         await emulator.stop()

@@ -20,18 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.emulators.apns import ApnsEmulator
 from clarion.emulators.smtp import SmtpEmulator
-from clarion.settings import ApnsSettings, Settings
+from clarion.settings import Settings
 from clarion.wire import webhooks as wire
 from tests.integration.test_email_scenarios import smtp_credential, with_email
-from tests.support import Running, Tenant, running, tenant_client
+from tests.support import (
+    Running,
+    Tenant,
+    apns_key,
+    put_apns_credential,
+    running,
+    tenant_client,
+    with_apns,
+)
 
 SECRET = "enrichment-secret-0123456789"
-TEAM, KID, TOPIC = "TEAM123456", "KEY1234567", "com.example.app"
 
 
 @dataclass
@@ -130,13 +135,9 @@ async def setup(sqlite_settings: Settings, tmp_path: Path) -> AsyncIterator[Setu
     await relay.start()
     apns = ApnsEmulator()
     await apns.start()
-    assert apns.certificate_pem is not None
-    ca = tmp_path / "apns.pem"
-    ca.write_bytes(apns.certificate_pem)
-    settings = with_email(sqlite_settings, tmp_path, relay=relay)
+    settings = with_apns(with_email(sqlite_settings, tmp_path, relay=relay), apns, tmp_path)
     settings = settings.model_copy(
         update={
-            "apns": ApnsSettings(enabled=True, host="127.0.0.1", port=apns.port, ca_file=ca),
             "webhooks": settings.webhooks.model_copy(
                 update={"allowed_networks": ["127.0.0.1/32"], "allow_http": True}
             ),
@@ -144,26 +145,7 @@ async def setup(sqlite_settings: Settings, tmp_path: Path) -> AsyncIterator[Setu
     )
     try:
         async with running(settings) as srv, tenant_client(srv) as t:
-            key = ec.generate_private_key(ec.SECP256R1())
-            public = key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            apns.register_key(TEAM, KID, public.decode())
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-            await srv.clarion.credentials.put_apns(
-                t.id,
-                "main",
-                auth="token",
-                topic=TOPIC,
-                environment="sandbox",
-                private_key=pem,
-                key_id=KID,
-                team_id=TEAM,
-            )
+            await put_apns_credential(srv.clarion, t.id, apns_key(apns))
             setup = Setup(srv, t, relay, apns)
             await setup.put("/v1/credentials/email/smtp", smtp_credential(relay))
             yield setup

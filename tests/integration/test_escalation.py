@@ -10,42 +10,32 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.emulators.apns import ApnsEmulator
 from clarion.emulators.smtp import SmtpEmulator
-from clarion.settings import ApnsSettings, Settings
+from clarion.settings import Settings
 from tests.integration.test_email_scenarios import (
     SMTP_PASSWORD,
     SMTP_USER,
     smtp_credential,
     with_email,
 )
-from tests.support import Running, running
+from tests.support import (
+    MovableClock,
+    Running,
+    apns_key,
+    put_apns_credential,
+    running,
+    with_apns,
+)
 
-TEAM, KID, TOPIC = "TEAM123456", "KEY1234567", "com.example.app"
 RESEND, EMAIL = 60, 600
 TOKENS = {"a": "a1" * 32, "b": "b2" * 32}
-
-
-class MovableClock:
-    """The system clock, plus however far the test has moved it forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -66,20 +56,8 @@ async def world(sqlite_settings: Settings, tmp_path: Path) -> AsyncIterator[Worl
     relay.add_user(SMTP_USER, SMTP_PASSWORD)
     await apns.start()
     await relay.start()
-    assert apns.certificate_pem is not None
-    ca = tmp_path / "apns.pem"
-    ca.write_bytes(apns.certificate_pem)
-    settings = with_email(sqlite_settings, tmp_path, relay=relay).model_copy(
-        update={"apns": ApnsSettings(enabled=True, host="127.0.0.1", port=apns.port, ca_file=ca)}
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    apns.register_key(TEAM, KID, public.decode())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    settings = with_apns(with_email(sqlite_settings, tmp_path, relay=relay), apns, tmp_path)
+    pem = apns_key(apns)
     try:
         yield World(settings, MovableClock(), apns, relay, pem)
     finally:
@@ -108,16 +86,7 @@ async def server(world: World, escalation: dict[str, int]) -> AsyncIterator[tupl
 async def _set_up(
     srv: Running, http: httpx.AsyncClient, world: World, escalation: dict[str, int]
 ) -> None:
-    await srv.clarion.credentials.put_apns(
-        world.tenant_id,
-        "main",
-        auth="token",
-        topic=TOPIC,
-        environment="sandbox",
-        private_key=world.key_pem,
-        key_id=KID,
-        team_id=TEAM,
-    )
+    await put_apns_credential(srv.clarion, world.tenant_id, world.key_pem)
     ok = (200, 201)
     answer = await http.put("/v1/credentials/email/smtp", json=smtp_credential(world.relay))
     assert answer.status_code in ok, answer.text
