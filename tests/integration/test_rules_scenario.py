@@ -17,16 +17,13 @@ import sqlalchemy as sa
 from clarion.adapters.storage import tables
 from tests.integration.test_email_scenarios import smtp_credential
 from tests.integration.test_escalation import (
-    KID,
-    TEAM,
     TOKENS,
-    TOPIC,
     World,
     _until,
     world,
 )
 from tests.integration.test_rules_routing import _apply
-from tests.support import Running, running
+from tests.support import Running, put_apns_credential, running
 
 __all__ = ["world"]  # the fixture, shared with the escalation scenarios
 
@@ -61,16 +58,7 @@ async def _set_up(
     rules: str = RULES,
     count: int = 3,
 ) -> None:
-    await srv.clarion.credentials.put_apns(
-        world.tenant_id,
-        "main",
-        auth="token",
-        topic=TOPIC,
-        environment="sandbox",
-        private_key=world.key_pem,
-        key_id=KID,
-        team_id=TEAM,
-    )
+    await put_apns_credential(srv.clarion, world.tenant_id, world.key_pem)
     ok = (200, 201)
     answer = await http.put("/v1/credentials/email/smtp", json=smtp_credential(world.relay))
     assert answer.status_code in ok, answer.text
