@@ -39,7 +39,7 @@ unit: install
 	$(BIN)/pytest tests/unit -q
 
 test: lint typecheck importlint
-	$(BIN)/pytest -n 2 --dist loadgroup
+	BIN=$(BIN) sh scripts/test.sh
 
 bench: install
 	sh scripts/ensure-bench-tools.sh

@@ -121,12 +121,3 @@ async def tenant(server: Running) -> AsyncIterator[Tenant]:
     """A tenant on the running server."""
     async with tenant_client(server) as t:
         yield t
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs two workers), the slow tests, which start
-    deployments of processes or time real outages and storms, run one after another on one
-    worker while the other worker runs the rest: they never load the machine twice over."""
-    for item in items:
-        if item.get_closest_marker("slow") is not None:
-            item.add_marker(pytest.mark.xdist_group("slow"))
