@@ -218,8 +218,9 @@ outbox = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("published_at", UtcDateTime),
     # Not published before this: a scheduled event's send_at, else when it was accepted
-    # (revision 0007; never null since 0013). The relay takes due entries in this order.
-    sa.Column("available_at", UtcDateTime, nullable=False),
+    # (revision 0007; always written, and backfilled by 0013). The relay takes due entries in
+    # this order.
+    sa.Column("available_at", UtcDateTime),
     sa.Index(None, "published_at", "available_at", "id"),
 )
 

@@ -9,7 +9,6 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
@@ -19,21 +18,15 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Only the index changes: a NOT NULL on the column would make SQLite copy the table (on
+    # every fresh database too); Clarion has always written available_at since 0007.
     op.execute("UPDATE outbox SET available_at = created_at WHERE available_at IS NULL")
-    with op.batch_alter_table("outbox") as batch_op:
-        batch_op.alter_column(
-            "available_at", existing_type=sa.DateTime(timezone=True), nullable=False
-        )
-        batch_op.drop_index("ix_outbox_published_at_id")
-        batch_op.create_index(
-            "ix_outbox_published_at_available_at_id", ["published_at", "available_at", "id"]
-        )
+    op.drop_index("ix_outbox_published_at_id", table_name="outbox")
+    op.create_index(
+        "ix_outbox_published_at_available_at_id", "outbox", ["published_at", "available_at", "id"]
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("outbox") as batch_op:
-        batch_op.drop_index("ix_outbox_published_at_available_at_id")
-        batch_op.create_index("ix_outbox_published_at_id", ["published_at", "id"])
-        batch_op.alter_column(
-            "available_at", existing_type=sa.DateTime(timezone=True), nullable=True
-        )
+    op.drop_index("ix_outbox_published_at_available_at_id", table_name="outbox")
+    op.create_index("ix_outbox_published_at_id", "outbox", ["published_at", "id"])
