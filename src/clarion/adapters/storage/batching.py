@@ -37,6 +37,9 @@ DELIVERY_COLUMNS = [
 ]
 """The columns of ``INSERT INTO deliveries ... SELECT`` (see `sql._delivery_rows`)."""
 
+AUDIT_COLUMNS = ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"]
+"""The columns of ``INSERT INTO transitions ... SELECT``: the audit entries of moves."""
+
 
 def chunks(values: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
     """`values` in slices of at most `size`."""
@@ -67,7 +70,7 @@ async def audit_new_deliveries(
     """One audit entry per delivery just created (no source status), with `cause`."""
     await conn.execute(
         transitions.insert().from_select(
-            ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+            AUDIT_COLUMNS,
             sa.select(
                 deliveries.c.tenant_id,
                 sa.literal(str(Subject.DELIVERY)),

@@ -17,7 +17,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clarion.adapters.storage.batching import audit_new_deliveries, chunks, insert_deliveries
+from clarion.adapters.storage.batching import (
+    AUDIT_COLUMNS,
+    audit_new_deliveries,
+    chunks,
+    insert_deliveries,
+)
 from clarion.adapters.storage.tables import (
     deliveries,
     escalations,
@@ -269,7 +274,7 @@ async def _audit(
 ) -> None:
     await conn.execute(
         transitions.insert().from_select(
-            ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+            AUDIT_COLUMNS,
             sa.select(
                 deliveries.c.tenant_id,
                 sa.literal(str(Subject.DELIVERY)),

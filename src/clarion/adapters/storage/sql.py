@@ -23,7 +23,7 @@ from sqlalchemy.sql.type_api import to_instance
 
 from clarion.adapters.sealing import Sealer
 from clarion.adapters.storage import digests, engines, escalations, topics
-from clarion.adapters.storage.batching import DELIVERY_COLUMNS, chunks as _chunks
+from clarion.adapters.storage.batching import AUDIT_COLUMNS, DELIVERY_COLUMNS, chunks as _chunks
 from clarion.adapters.storage.tables import (
     api_keys,
     categories,
@@ -1120,7 +1120,7 @@ class SqlStore:
             ]
             await conn.execute(
                 transitions.insert().from_select(
-                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                    AUDIT_COLUMNS,
                     sa.union_all(*parts),
                 )
             )
@@ -1549,7 +1549,7 @@ class SqlStore:
                 return []
             await conn.execute(
                 transitions.insert().from_select(
-                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                    AUDIT_COLUMNS,
                     sa.select(
                         sa.literal(tenant_id),
                         sa.literal(str(Subject.ITEM)),
@@ -2526,7 +2526,7 @@ class SqlStore:
                 )
                 await conn.execute(
                     transitions.insert().from_select(
-                        ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                        AUDIT_COLUMNS,
                         sa.select(
                             inbox_items.c.tenant_id,
                             sa.literal(str(Subject.ITEM)),
@@ -2551,7 +2551,7 @@ class SqlStore:
         for where in self._among(deliveries.c.id, ids):
             await conn.execute(
                 transitions.insert().from_select(
-                    ["tenant_id", "subject", "subject_id", "source", "target", "cause", "at"],
+                    AUDIT_COLUMNS,
                     sa.select(
                         deliveries.c.tenant_id,
                         sa.literal(str(Subject.DELIVERY)),
